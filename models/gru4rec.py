@@ -1,0 +1,309 @@
+"""GRU4Rec: session-based recommendation with a GRU (seed 003, Hidasi et al. ICLR 2016).
+
+What this module implements, and where each piece comes from:
+
+- Seed 003 section 3 / Figure 1: the network is an embedding of the current item, one or more
+  GRU layers, and a feed-forward output that scores every item for the *next* event.
+  The GRU follows the formulation of seed 003 section 2.2 (Cho et al. 2014)::
+
+      r_t = sigmoid(W_r x_t + U_r h_{t-1})               (reset gate)
+      z_t = sigmoid(W_z x_t + U_z h_{t-1})               (update gate)
+      h^_t = tanh(W x_t + U (r_t * h_{t-1}))             (candidate)
+      h_t = (1 - z_t) h_{t-1} + z_t h^_t
+
+  with the reset gate applied to ``h_{t-1}`` *before* the recurrent matmul (the paper's
+  form, not cuDNN's ``r * (U h)`` variant).
+- Input representation (seed 003 section 3: "1-of-N encoding" or a weighted embedding, and the
+  authors' later official implementation):
+
+  * ``embedding == 0`` and not constrained: one-hot input. Multiplying a one-hot vector with
+    the first layer's input weights is a row lookup, so the first layer's input weights are an
+    ``(n_items, 3 * H_0)`` table indexed by the item (no separate embedding).
+  * ``embedding > 0``: a learned ``(n_items, embedding)`` table feeding the first GRU layer.
+  * ``constrained_embedding`` (default, the official implementation's best setting): the
+    input embedding *is* the output item weight matrix ``Wy`` (``(n_items, H_last)``), so one
+    table is shared between input and output.
+- Output: ``score(h) = final_act(h Wy^T + by)``; in training only the columns of the
+  mini-batch targets and the shared extra negatives are scored (seed 003 section 3.1.2,
+  "sampling on the output"), so the cost is ``O(B (B + S) H)`` instead of ``O(B N H)``.
+- Dropout (seed 003 section 4, Table 2 "dropout"): applied to each GRU layer's output during
+  training; the dropped-out activations are also what is carried as that layer's hidden state
+  to the next step (as in the authors' implementations). ``dropout_p_embed`` applies to the
+  item embedding (when an embedding table is used) before the first layer.
+- Initialisation (seed 003 section 4: "initialized by random numbers drawn uniformly from
+  [-x, x] where x depends on the number of rows and columns"): every weight *block* (each gate's
+  input matrix, each gate's recurrent matrix, the embedding and the output table) is drawn from
+  ``U(-sqrt(6 / (fan_in + fan_out)), +sqrt(6 / (fan_in + fan_out)))`` with its own fan-in and
+  fan-out; all biases (gate biases and the output bias ``by``) start at zero.
+
+``models/`` is pure PyTorch: no Ray, no file I/O, no import of ``rayrec.platform``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from torch import nn
+
+__all__ = ["GRU4RecConfig", "GRU4Rec", "GRU4RecScorer", "SessionScorer", "build"]
+
+FinalAct = Literal["linear", "tanh", "relu", "elu", "leaky"]
+
+
+class GRU4RecConfig(BaseModel):
+    """Hyper-parameters of the GRU4Rec network (not of its training: see LossConfig/OptimConfig).
+
+    ``layers``: GRU layer sizes (seed 003 Table 2 uses one layer of 100 or 1000 units).
+    ``embedding``: 0 = one-hot input (looked up straight in the first layer's input weights);
+    > 0 = a learned input embedding of that size. ``constrained_embedding``: the input embedding
+    is the output weight matrix (then ``embedding`` must be 0 and the embedding size is
+    ``layers[-1]``). ``final_act``: activation on the output scores; ``elu_param`` is ELU's
+    alpha (``final_act == "elu"``) and ``leaky_param`` the leaky-ReLU slope
+    (``final_act == "leaky"``). ``bias_output``: learn a per-item output bias ``by``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    name: Literal["gru4rec"] = "gru4rec"
+    layers: tuple[int, ...] = (100,)
+    embedding: int = 0
+    constrained_embedding: bool = True
+    dropout_p_embed: float = 0.0
+    dropout_p_hidden: float = 0.4
+    final_act: FinalAct = "linear"
+    elu_param: float = 1.0
+    leaky_param: float = 0.01
+    bias_output: bool = True
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) == 0:
+            raise ValueError("layers must name at least one GRU layer size")
+        bad = [x for x in v if x <= 0]
+        if bad:
+            raise ValueError(f"layers sizes must be positive, got {list(v)}")
+        return v
+
+    @field_validator("embedding")
+    @classmethod
+    def _check_embedding(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"embedding must be >= 0 (0 = one-hot input), got {v}")
+        return v
+
+    @field_validator("dropout_p_embed", "dropout_p_hidden")
+    @classmethod
+    def _check_dropout(cls, v: float, info) -> float:  # noqa: ANN001
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{info.field_name} must be in [0, 1), got {v}")
+        return v
+
+    @field_validator("elu_param", "leaky_param")
+    @classmethod
+    def _check_act_param(cls, v: float, info) -> float:  # noqa: ANN001
+        if v < 0.0 or not math.isfinite(v):
+            raise ValueError(f"{info.field_name} must be a finite value >= 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_constrained(self) -> GRU4RecConfig:
+        if self.constrained_embedding and self.embedding != 0:
+            raise ValueError(
+                f"constrained_embedding=True shares the output weights as the input embedding "
+                f"(size layers[-1]={self.layers[-1]}); embedding must then be 0, got "
+                f"{self.embedding}"
+            )
+        return self
+
+
+def _uniform_block_(t: torch.Tensor, fan_in: int, fan_out: int, generator=None) -> None:  # noqa: ANN001
+    """In place: U(-s, s) with s = sqrt(6 / (fan_in + fan_out)) (Glorot-uniform for one block)."""
+    s = math.sqrt(6.0 / float(fan_in + fan_out))
+    with torch.no_grad():
+        t.uniform_(-s, s, generator=generator)
+
+
+class GRU4Rec(nn.Module):
+    """The GRU4Rec network for one session-parallel step at a time.
+
+    Parameters (``H_l`` = ``layers[l]``, ``N`` = ``n_items``):
+
+    - ``Wy`` (N, H_last) output item weights (also the input embedding when constrained);
+      ``By`` (N,) output bias (zeros, only with ``bias_output``).
+    - ``E`` (N, embedding) input embedding (only when ``embedding > 0``).
+    - per layer l: ``Wx{l}`` (n_in, 3 H_l) input weights, gate blocks ordered [r | z | h];
+      for the one-hot first layer ``n_in = N`` and it is used as a row lookup;
+      ``Wrz{l}`` (H_l, 2 H_l) recurrent weights of the two gates [r | z];
+      ``Wh{l}`` (H_l, H_l) recurrent weights of the candidate; ``b{l}`` (3 H_l,) gate biases.
+    """
+
+    def __init__(self, cfg: GRU4RecConfig, n_items: int) -> None:
+        super().__init__()
+        if n_items <= 0:
+            raise ValueError(f"n_items must be positive, got {n_items}")
+        self.cfg = cfg
+        self.n_items = int(n_items)
+        self.layers = tuple(cfg.layers)
+        self.one_hot = (not cfg.constrained_embedding) and cfg.embedding == 0
+        h_last = self.layers[-1]
+        self.Wy = nn.Parameter(torch.empty(n_items, h_last))
+        self.By = nn.Parameter(torch.zeros(n_items)) if cfg.bias_output else None
+        if cfg.embedding > 0:
+            self.E = nn.Parameter(torch.empty(n_items, cfg.embedding))
+            n_in = cfg.embedding
+        elif cfg.constrained_embedding:
+            self.E = None
+            n_in = h_last
+        else:
+            self.E = None
+            n_in = n_items
+        self.Wx = nn.ParameterList()
+        self.Wrz = nn.ParameterList()
+        self.Wh = nn.ParameterList()
+        self.b = nn.ParameterList()
+        for h in self.layers:
+            self.Wx.append(nn.Parameter(torch.empty(n_in, 3 * h)))
+            self.Wrz.append(nn.Parameter(torch.empty(h, 2 * h)))
+            self.Wh.append(nn.Parameter(torch.empty(h, h)))
+            self.b.append(nn.Parameter(torch.zeros(3 * h)))
+            n_in = h
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Per-block uniform init (see module docstring); all biases zero."""
+        g = generator
+        _uniform_block_(self.Wy, self.n_items, self.layers[-1], g)
+        if self.By is not None:
+            nn.init.zeros_(self.By)
+        if self.E is not None:
+            _uniform_block_(self.E, self.n_items, self.E.shape[1], g)
+        for wx, wrz, wh, b, h in zip(self.Wx, self.Wrz, self.Wh, self.b, self.layers):
+            n_in = wx.shape[0]
+            for k in range(3):  # one block per gate: r, z, candidate
+                _uniform_block_(wx[:, k * h : (k + 1) * h], n_in, h, g)
+            for k in range(2):
+                _uniform_block_(wrz[:, k * h : (k + 1) * h], h, h, g)
+            _uniform_block_(wh, h, h, g)
+            nn.init.zeros_(b)
+
+    def init_hidden(
+        self, batch_size: int, device: torch.device | None = None
+    ) -> list[torch.Tensor]:
+        """Zero hidden state: one (B, H_l) tensor per layer."""
+        dev = device if device is not None else self.Wy.device
+        return [torch.zeros(batch_size, h, device=dev, dtype=self.Wy.dtype) for h in self.layers]
+
+    def forward(
+        self, items: torch.Tensor, hidden: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One step: items (B,) long, hidden [(B, H_l)] -> (out (B, H_last), new hidden)."""
+        if items.dim() != 1:
+            raise ValueError(f"items must be a 1-D (B,) tensor, got shape {tuple(items.shape)}")
+        if len(hidden) != len(self.layers):
+            raise ValueError(f"hidden has {len(hidden)} layers, the model has {len(self.layers)}")
+        if self.one_hot:
+            x = None
+        else:
+            table = self.Wy if self.E is None else self.E
+            x = table.index_select(0, items)  # (B, n_in)
+            if self.cfg.dropout_p_embed > 0.0 and self.training:
+                x = F.dropout(x, self.cfg.dropout_p_embed, training=True)
+        new_hidden: list[torch.Tensor] = []
+        p_h = self.cfg.dropout_p_hidden if self.training else 0.0
+        for li, h in enumerate(self.layers):
+            h_prev = hidden[li]  # (B, H)
+            if x is None:  # one-hot input: x @ Wx0 is the item's row of Wx0
+                gx = self.Wx[li].index_select(0, items) + self.b[li]  # (B, 3H)
+            else:
+                gx = torch.addmm(self.b[li], x, self.Wx[li])  # (B, 3H)
+            gh = h_prev @ self.Wrz[li]  # (B, 2H)
+            rz = torch.sigmoid(gx[:, : 2 * h] + gh)  # (B, 2H)
+            r, z = rz[:, :h], rz[:, h:]  # (B, H) each
+            cand = torch.tanh(gx[:, 2 * h :] + (r * h_prev) @ self.Wh[li])  # (B, H)
+            h_new = torch.lerp(h_prev, cand, z)  # (1 - z) h_prev + z cand, (B, H)
+            if p_h > 0.0:
+                h_new = F.dropout(h_new, p_h, training=True)
+            new_hidden.append(h_new)
+            x = h_new
+        return x, new_hidden
+
+    def _final(self, s: torch.Tensor) -> torch.Tensor:
+        act = self.cfg.final_act
+        if act == "linear":
+            return s
+        if act == "tanh":
+            return torch.tanh(s)
+        if act == "relu":
+            return F.relu(s)
+        if act == "elu":
+            return F.elu(s, alpha=self.cfg.elu_param)
+        return F.leaky_relu(s, negative_slope=self.cfg.leaky_param)
+
+    def score(self, out: torch.Tensor, item_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of items for the next event.
+
+        out (B, H_last); item_idx None -> (B, N) over all items (evaluation, serving);
+        item_idx (C,) long -> (B, C), the columns of those items only (sampled training:
+        C = B targets + S shared negatives).
+        """
+        if item_idx is None:
+            w, bias = self.Wy, self.By  # (N, H), (N,)
+        else:
+            w = self.Wy.index_select(0, item_idx)  # (C, H)
+            bias = None if self.By is None else self.By.index_select(0, item_idx)  # (C,)
+        s = out @ w.t() if bias is None else torch.addmm(bias, out, w.t())  # (B, C)
+        return self._final(s)
+
+
+class GRU4RecScorer:
+    """Adapter to the evaluation ``SessionScorer`` protocol (duck-typed).
+
+    Puts the model in eval mode (no dropout) and runs without autograd. The state is the
+    list of per-layer hidden tensors.
+    """
+
+    def __init__(self, model: GRU4Rec) -> None:
+        self.model = model.eval()
+        self.n_items = model.n_items
+
+    def init_state(self, batch_size: int) -> list[torch.Tensor]:
+        return self.model.init_hidden(batch_size)
+
+    @torch.no_grad()
+    def step(
+        self, state: list[torch.Tensor], items: torch.Tensor, reset: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """items (B,), reset (B,) bool -> scores (B, n_items), new state. Reset rows start at 0."""
+        items = torch.as_tensor(items, dtype=torch.long, device=self.model.Wy.device)
+        reset = torch.as_tensor(reset, dtype=torch.bool, device=self.model.Wy.device)
+        keep = (~reset).to(state[0].dtype).unsqueeze(1)  # (B, 1)
+        state = [h * keep for h in state]
+        out, state = self.model(items, state)
+        return self.model.score(out), state
+
+    def select(self, state: list[torch.Tensor], rows: torch.Tensor) -> list[torch.Tensor]:
+        rows = torch.as_tensor(rows, dtype=torch.long, device=state[0].device)
+        return [h.index_select(0, rows) for h in state]
+
+
+# The protocol name the evaluation module uses; GRU4RecScorer satisfies it structurally.
+SessionScorer = GRU4RecScorer
+
+
+def build(cfg: GRU4RecConfig, n_items: int) -> GRU4Rec:
+    """Registry builder: a freshly initialised GRU4Rec for ``n_items`` items."""
+    return GRU4Rec(cfg, n_items)
+
+
+def _register() -> None:
+    from rayrec.models import registry
+
+    registry.register("gru4rec", GRU4RecConfig, build, "session")
+
+
+_register()

@@ -1,0 +1,83 @@
+"""Popularity-based negative sampling (Top-k gains paper, section 3: additional samples).
+
+Seed 003 section 3.1.2 argues that negatives should be sampled in proportion to popularity
+and uses the other targets of the mini-batch for that. The authors' follow-up adds S extra
+negatives per mini-batch, shared by all its rows and drawn from ``count^alpha`` (alpha = 0:
+uniform, alpha = 1: popularity). Drawing them one mini-batch at a time is slow, so a large
+*store* of samples is generated in one vectorised call (inverse-CDF: ``searchsorted`` of
+uniform numbers in the cumulative distribution) and served in ``n_sample`` slices;
+the store is regenerated when exhausted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["PopularitySampler"]
+
+
+class PopularitySampler:
+    """Draws item indices i.i.d. with probability ``counts[i]^alpha / sum_j counts[j]^alpha``.
+
+    ``counts`` (N,) non-negative item counts (e.g. training-set occurrences); ``alpha`` in
+    [0, 1]; ``store_size``: number of draws generated per refill (rounded down to whole
+    ``n_sample`` slices when serving slices); ``generator``: a seeded ``torch.Generator``
+    makes the draws reproducible. ``0^0`` is taken as 1, so alpha = 0 is uniform over
+    all N items, zero counts included.
+    """
+
+    def __init__(
+        self,
+        counts: np.ndarray | torch.Tensor,
+        alpha: float,
+        store_size: int = 10_000_000,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        c = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
+        if c.dim() != 1 or c.numel() == 0:
+            raise ValueError(f"counts must be a non-empty 1-D array, got shape {tuple(c.shape)}")
+        if bool((c < 0).any()) or not bool(torch.isfinite(c).all()):
+            raise ValueError("counts must be finite and >= 0")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if store_size <= 0:
+            raise ValueError(f"store_size must be positive, got {store_size}")
+        w = torch.ones_like(c) if alpha == 0.0 else c.pow(alpha)  # (N,)
+        total = float(w.sum())
+        if total <= 0.0:
+            raise ValueError("counts^alpha sums to 0: no item can be sampled")
+        self.alpha = float(alpha)
+        self.n_items = int(c.numel())
+        self.prob = w / total  # (N,) float64, sampling probability of each item
+        cdf = torch.cumsum(self.prob, 0)
+        cdf[-1] = 1.0
+        self._cdf = cdf.to(torch.float64)
+        self.store_size = int(store_size)
+        self.generator = generator
+        self._store = torch.empty(0, dtype=torch.long)
+        self._ptr = 0
+        self.refills = 0
+
+    @property
+    def log_prob(self) -> torch.Tensor:
+        """log of :attr:`prob` as float32 (for the logQ correction); -inf for zero-prob items."""
+        return self.prob.log().to(torch.float32)
+
+    def _refill(self, min_size: int) -> None:
+        n = max(self.store_size, min_size)
+        u = torch.rand(n, dtype=torch.float64, generator=self.generator)  # (n,)
+        idx = torch.searchsorted(self._cdf, u, right=True)  # (n,): first cdf > u
+        self._store = idx.clamp_(max=self.n_items - 1)
+        self._ptr = 0
+        self.refills += 1
+
+    def sample(self, n: int) -> torch.Tensor:
+        """The next ``n`` draws (n,) long from the store (regenerated when it runs out)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if self._ptr + n > self._store.numel():
+            self._refill(n)
+        out = self._store[self._ptr : self._ptr + n]
+        self._ptr += n
+        return out

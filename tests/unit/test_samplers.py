@@ -1,0 +1,75 @@
+"""PopularitySampler: distribution (chi-square), alpha = 0 uniform, reproducibility, store."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from rayrec.models.samplers import PopularitySampler
+
+COUNTS = np.array([100, 50, 20, 10, 5, 1, 0, 30])
+
+
+def _chi2_p(obs: np.ndarray, exp: np.ndarray) -> float:
+    """Chi-square goodness-of-fit p-value (scipy when installed, else Wilson-Hilferty)."""
+    try:
+        from scipy.stats import chisquare
+    except ModuleNotFoundError:
+        stat = float(((obs - exp) ** 2 / exp).sum())
+        k = len(obs) - 1  # degrees of freedom
+        z = ((stat / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+        return 0.5 * math.erfc(z / math.sqrt(2))
+    return float(chisquare(obs, exp).pvalue)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.75])
+def test_matches_counts_pow_alpha(alpha: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    s = PopularitySampler(COUNTS, alpha, store_size=50_000, generator=g)
+    w = COUNTS.astype(float) ** alpha
+    np.testing.assert_allclose(s.prob.numpy(), w / w.sum(), rtol=1e-12)
+    draws = torch.cat([s.sample(1000) for _ in range(200)]).numpy()  # 200k, several refills
+    assert s.refills >= 4
+    obs = np.bincount(draws, minlength=len(COUNTS))
+    assert obs[6] == 0  # zero count, alpha > 0: never drawn
+    nz = COUNTS > 0
+    exp = s.prob.numpy()[nz] * draws.size
+    assert _chi2_p(obs[nz], exp) > 1e-3
+    # a clearly wrong distribution is rejected by the same test
+    wrong = COUNTS.astype(float)[nz] ** (alpha * 0.5)
+    assert _chi2_p(obs[nz], wrong / wrong.sum() * draws.size) < 1e-6
+
+
+def test_alpha_zero_is_uniform() -> None:
+    g = torch.Generator().manual_seed(2)
+    s = PopularitySampler(COUNTS, 0.0, store_size=100_000, generator=g)
+    np.testing.assert_allclose(s.prob.numpy(), np.full(len(COUNTS), 1 / len(COUNTS)))
+    obs = np.bincount(s.sample(80_000).numpy(), minlength=len(COUNTS))
+    assert obs[6] > 0  # zero-count items are drawn when uniform
+    assert _chi2_p(obs, np.full(len(COUNTS), 10_000.0)) > 1e-3
+
+
+def test_reproducible_with_seeded_generator() -> None:
+    a = PopularitySampler(COUNTS, 0.5, 1000, torch.Generator().manual_seed(7))
+    b = PopularitySampler(COUNTS, 0.5, 1000, torch.Generator().manual_seed(7))
+    c = PopularitySampler(COUNTS, 0.5, 1000, torch.Generator().manual_seed(8))
+    xa = torch.cat([a.sample(300) for _ in range(10)])
+    xb = torch.cat([b.sample(300) for _ in range(10)])
+    xc = torch.cat([c.sample(300) for _ in range(10)])
+    assert torch.equal(xa, xb)
+    assert not torch.equal(xa, xc)
+    assert xa.dtype == torch.long and int(xa.max()) < len(COUNTS)
+
+
+def test_log_prob_and_bad_input() -> None:
+    s = PopularitySampler(COUNTS, 1.0, 10)
+    assert torch.isinf(s.log_prob[6]) and torch.isfinite(s.log_prob[0])
+    assert s.sample(25).shape == (25,)  # larger than the store: refilled to fit
+    with pytest.raises(ValueError, match="alpha"):
+        PopularitySampler(COUNTS, 1.5)
+    with pytest.raises(ValueError, match="counts"):
+        PopularitySampler(np.array([1, -1]), 0.5)
+    with pytest.raises(ValueError, match="sums to 0"):
+        PopularitySampler(np.zeros(3), 0.5)
