@@ -260,6 +260,11 @@ class GRU4Rec(nn.Module):
         return self._final(s)
 
 
+def _scorer(self: "GRU4Rec") -> "GRU4RecScorer":
+    """The evaluation/serving adapter of this model (``SessionScorer`` protocol)."""
+    return GRU4RecScorer(self)
+
+
 class GRU4RecScorer:
     """Adapter to the evaluation ``SessionScorer`` protocol (duck-typed).
 
@@ -290,6 +295,8 @@ class GRU4RecScorer:
         rows = torch.as_tensor(rows, dtype=torch.long, device=state[0].device)
         return [h.index_select(0, rows) for h in state]
 
+
+GRU4Rec.scorer = _scorer  # type: ignore[attr-defined]
 
 # The protocol name the evaluation module uses; GRU4RecScorer satisfies it structurally.
 SessionScorer = GRU4RecScorer
