@@ -131,6 +131,7 @@ def split_duplicates(good: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if good.empty:
         return good, good.assign(reason=pd.Series(dtype="string"))
     key = ["source_file", "user_id", "session_id", "item_id", "ts", "event", "value"]
+    key += [c for c in ("_split",) if c in good.columns]
     order = good.sort_values(["source_file", "source_row"], kind="stable")
     dup = order.duplicated(subset=key, keep="first")
     bad = order.loc[dup].copy()

@@ -150,6 +150,12 @@ def train_worker(cfg: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
             ds_restore = str(Path(ctx.restore_dir) / DS_SUBDIR)
         elif ck.optim_state is not None:
             optimizer.load_state_dict(ck.optim_state)
+            # the config's hyper-parameters win over the saved ones: PBT's explore step
+            # restores an exploited trial's state under a mutated learning rate
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.optim.lr
+                if cfg.optim.name == "adagrad_momentum" and "momentum" in group:
+                    group["momentum"] = cfg.optim.momentum
 
     step_mod = SampledStep(model)
     zero3 = sc.engine == "deepspeed" and sc.zero_stage == 3

@@ -1,0 +1,292 @@
+"""``python -m rayrec.jobs.daily -c jobs/configs/daily_ml100k.yaml --as-of 1998-03-15 [k=v ...]``
+
+The daily job of seed 000 (section 5): preprocess -> train -> evaluate -> batch predict ->
+publish, with windows relative to the as-of date::
+
+    dyz = as-of                 (end of the input window used for the predictions)
+    dxy = as-of - window.output_days    (7 days in the paper)
+    dx  = as-of - window.input_days     (two years)
+    dz  = as-of + window.test_days, clipped to the day after the last event in the data
+          (when the data ends on or before as-of there is no future window: evaluate is
+          skipped and says so)
+
+Everything for one date lives in ``<work_dir>/<as-of>/``.  Re-running a date is idempotent:
+preprocessing is byte-identical, training resumes from (and, when finished, reuses) the
+date's last checkpoint, and the store returns the existing version for the same
+(as-of, model version).  Every step runs before the publish, and the publish itself is one
+version switch: a failed step publishes nothing and yesterday's version keeps serving.
+
+``--compare`` instead trains the seed's comparison (predictor / EW / soft split, with and
+without time decay, plus POP and Item-KNN) on the as-of windows and writes
+``comparison.md``/``.json`` and the decay plots to ``<work_dir>/<as-of>/compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rayrec.jobs import _cli
+from rayrec.platform.daily.config import DailyJobConfig, DailyTrainJobConfig
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+class DailyJobError(RuntimeError):
+    """A daily run that cannot proceed (the message says which input is wrong)."""
+
+
+def parse_as_of(text: str) -> date:
+    try:
+        return date.fromisoformat(str(text))
+    except ValueError:
+        raise DailyJobError(f"--as-of must be a date YYYY-MM-DD, got {text!r}") from None
+
+
+def _read_events(cfg: DailyJobConfig) -> tuple[pd.DataFrame, Any]:
+    """Raw purchases (user_id, item_id, ts ms, value) after the value filter."""
+    from rayrec.platform.preprocessing import readers
+
+    src = cfg.source
+    if src.path is None:
+        raise DailyJobError("source.path is required for the daily job (one event file)")
+    kwargs: dict[str, Any] = {}
+    if src.format in ("csv", "parquet"):
+        kwargs = dict(column_map=src.column_map, ts_format=src.ts_format, sep=src.sep)
+    if src.event:
+        kwargs["event"] = src.event
+    rf = readers.read_source(src.format, src.path, **kwargs)
+    df = rf.frame
+    ts = pd.to_numeric(df["ts"], errors="coerce")
+    scale = {"unix_s": 1000.0, "unix_ms": 1.0}.get(rf.ts_format)
+    if scale is None:
+        ts_ms = pd.to_datetime(df["ts"], utc=True, errors="coerce").dt.as_unit("ms").astype("int64")
+    else:
+        ts_ms = ts * scale
+    out = pd.DataFrame({"user_id": df["user_id"].astype(str), "item_id": df["item_id"].astype(str),
+                        "ts_ms": ts_ms.to_numpy()})
+    if cfg.filter.value_above is not None:
+        out = out.loc[pd.to_numeric(df["value"], errors="coerce").to_numpy() > cfg.filter.value_above]
+    out = out.dropna(subset=["ts_ms"])
+    if out.empty:
+        raise DailyJobError(f"source {src.path}: no purchases after filtering")
+    return out.reset_index(drop=True), rf
+
+
+def _day(ms: float) -> date:
+    return (pd.Timestamp(int(ms), unit="ms", tz="UTC")).date()
+
+
+def plan_windows(cfg: DailyJobConfig, as_of: date, first: date, last: date) -> dict[str, date]:
+    """The as-of windows; clear errors when the date lies outside the data."""
+    w = cfg.window
+    dyz = as_of
+    dxy = as_of - timedelta(days=w.output_days)
+    dx = as_of - timedelta(days=w.input_days)
+    end = last + timedelta(days=1)
+    if dxy <= first:
+        raise DailyJobError(
+            f"--as-of {as_of} is outside the data ({first} .. {last}): the output window "
+            f"[{dxy}, {dyz}) must start after the first event; use a date after "
+            f"{first + timedelta(days=w.output_days)}"
+        )
+    if dyz > end:
+        raise DailyJobError(
+            f"--as-of {as_of} is outside the data ({first} .. {last}): no purchases in "
+            f"[{dxy}, {dyz}); use a date up to {end}"
+        )
+    dz = min(as_of + timedelta(days=w.test_days), end)
+    if dz <= dyz:
+        dz = dyz + timedelta(days=1)  # empty future window: evaluate is skipped
+    return {"dx": dx, "dxy": dxy, "dyz": dyz, "dz": dz}
+
+
+def preprocess_for_date(cfg: DailyJobConfig, as_of: date, day_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Step 1: date_windows preprocess for the as-of date + the prediction input split."""
+    from rayrec.platform.daily.data import day_ms
+    from rayrec.platform.data import load_items
+    from rayrec.platform.preprocessing.config import PreprocessJobConfig
+    from rayrec.platform.preprocessing.pipeline import run_preprocess
+
+    events, _ = _read_events(cfg)
+    first, last = _day(events["ts_ms"].min()), _day(events["ts_ms"].max())
+    win = plan_windows(cfg, as_of, first, last)
+    out = day_dir / "data"
+    pcfg = PreprocessJobConfig.model_validate({
+        "source": cfg.source.model_dump(mode="json"),
+        "validation": cfg.validation.model_dump(mode="json"),
+        "filter": cfg.filter.model_dump(mode="json"),
+        "split": {"name": "date_windows", **{k: v.isoformat() for k, v in win.items()},
+                  "valid_shift_days": cfg.window.valid_shift_days},
+        "output": {"path": str(out), "overwrite": True},
+        "ray": {"use_ray": False},
+    })
+    run_preprocess(pcfg, log=log)
+    items = load_items(str(out))
+    idx = dict(zip(items["item_id"].astype(str), items["item_idx"].astype(np.int64)))
+    ts = events["ts_ms"].to_numpy()
+    sel = events.loc[(ts >= day_ms(win["dx"])) & (ts < day_ms(win["dyz"]))]
+    item_idx = sel["item_id"].map(idx)
+    sel = sel.loc[item_idx.notna()]
+    pred = pd.DataFrame({
+        "user_id": sel["user_id"].to_numpy(),
+        "item_idx": item_idx.loc[sel.index].astype(np.int64).to_numpy(),
+        "ts": pd.to_datetime(sel["ts_ms"].astype(np.int64), unit="ms", utc=True).to_numpy(),
+    }).sort_values(["user_id", "ts", "item_idx"], kind="stable")
+    pred.to_parquet(out / "predict_x.parquet", index=False)
+    plan = {k: v.isoformat() for k, v in win.items()}
+    plan.update({"data_first": first.isoformat(), "data_last": last.isoformat(),
+                 "dz_rule": "as-of + test_days, clipped to the day after the last event",
+                 "predict_users": int(pred["user_id"].nunique())})
+    (day_dir / "windows.json").write_text(json.dumps(plan, indent=1))
+    log(f"windows for {as_of}: {plan}")
+    return plan
+
+
+def train_cfg_for_date(cfg: DailyJobConfig, day_dir: Path) -> DailyTrainJobConfig:
+    t = cfg.train
+    return t.model_copy(update={
+        "data": t.data.model_copy(update={"path": str(day_dir / "data"), "synthetic": None}),
+        "run": t.run.model_copy(update={"storage_path": str(day_dir / "runs"), "name": "daily", "checkpoint": True}),
+    })
+
+
+def _fail(cfg: DailyJobConfig, step: str) -> None:
+    if cfg.fail_at == step:
+        raise DailyJobError(f"fail_at={step}: injected failure (testing aid)")
+
+
+def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """preprocess -> train -> evaluate -> batch predict -> publish for one date."""
+    from rayrec.platform.daily.data import Catalog, load_catalog, load_windows
+    from rayrec.platform.daily.evaluate import evaluate_scores, plot_decay
+    from rayrec.platform.daily.predict import batch_predict, model_version_of, publish_predictions
+    from rayrec.platform.daily.trainer import fit_daily, load_daily_model
+    from rayrec.platform.store import SQLiteRecommendationStore
+
+    as_of = parse_as_of(as_of_text)
+    day_dir = Path(cfg.work_dir).resolve() / as_of.isoformat()
+    day_dir.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    _fail(cfg, "preprocess")
+    plan = preprocess_for_date(cfg, as_of, day_dir, log)
+    times["preprocess_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _fail(cfg, "train")
+    tcfg = train_cfg_for_date(cfg, day_dir)
+    res = fit_daily(tcfg, log=log)
+    if res.checkpoint_dir is None:
+        raise DailyJobError(f"training wrote no checkpoint under {res.run_dir}")
+    ck = res.checkpoint_dir
+    times["train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _fail(cfg, "evaluate")
+    model, item_ids, meta = load_daily_model(ck)
+    cat = load_catalog(tcfg.data.path, tcfg.data.catalog_size)
+    if list(item_ids) != cat.item_ids:
+        raise DailyJobError(f"checkpoint {ck} was trained on another catalog than {tcfg.data.path}")
+    evaluation: dict[str, Any] = {}
+    from rayrec.platform import data as pdata
+
+    test_rows = len(pdata.load_split(tcfg.data.path, f"{tcfg.data.test_prefix}_y", ["user_id"]))
+    if test_rows:
+        test = load_windows(tcfg.data.path, tcfg.data.test_prefix, cat)
+
+        def score(users: np.ndarray):
+            import torch
+
+            inputs, _ = test.batch(users)
+            with torch.no_grad():
+                return model.scores(model(inputs))
+
+        evaluation = {k: v for k, v in evaluate_scores(score, test, tcfg.train.ks).items()}
+    else:
+        evaluation = {"skipped": f"no purchases after {as_of} in the data (future window empty)"}
+    if cfg.plot and tcfg.model.decay == "learned":
+        evaluation["decay_fit"] = plot_decay(model.learned_decay_curve().tolist(), day_dir / "decay.png",
+                                             title=f"learned vs parametric decay, as-of {as_of}")
+        evaluation["decay_plot"] = str(day_dir / "decay.png")
+    (day_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=float))
+    log(f"evaluation: {evaluation}")
+    times["evaluate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _fail(cfg, "predict")
+    windows = load_windows(tcfg.data.path, tcfg.data.test_prefix, Catalog(cat.item_ids, cat.remap),
+                           with_targets=False, input_split=str(day_dir / "data" / "predict_x.parquet"))
+    if cfg.predict.use_ray:
+        from rayrec.platform.runtime import init_ray
+
+        init_ray(tcfg.ray.address, tcfg.ray.num_cpus)
+    rows = batch_predict(ck, windows, cfg.predict)
+    times["predict_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mv = model_version_of(ck)
+    Path(cfg.store.path).parent.mkdir(parents=True, exist_ok=True)
+    with SQLiteRecommendationStore(cfg.store.path, keep_versions=cfg.store.keep_versions) as store:
+        version = publish_predictions(store, rows, as_of.isoformat(), mv)
+        current = store.current()
+    times["publish_s"] = time.perf_counter() - t
+    summary = {"as_of": as_of.isoformat(), "windows": plan, "checkpoint": ck, "model_version": mv,
+               "version": version, "current": current.version if current else None,
+               "users_published": len(rows), "evaluation": evaluation, "timings": times}
+    (day_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    log(f"published version {version} ({len(rows)} users); current: {summary['current']}")
+    return summary
+
+
+def run_compare(cfg: DailyJobConfig, as_of_text: str, seeds: Sequence[int], log: Callable[[str], None] = print) -> list[dict]:
+    from rayrec.platform.daily.evaluate import compare_ml100k
+
+    as_of = parse_as_of(as_of_text)
+    day_dir = Path(cfg.work_dir).resolve() / as_of.isoformat()
+    day_dir.mkdir(parents=True, exist_ok=True)
+    plan = preprocess_for_date(cfg, as_of, day_dir, log)
+    tcfg = train_cfg_for_date(cfg, day_dir)
+    tcfg = tcfg.model_copy(update={"data": tcfg.data.model_copy(update={"valid_prefix": None}),
+                                   "run": tcfg.run.model_copy(update={"keep_checkpoints": 1})})
+    out = day_dir / "compare"
+    rows = compare_ml100k(tcfg, out, seeds=seeds, log=log)
+    (out / "windows.json").write_text(json.dumps(plan, indent=1))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rayrec.platform.daily.data import DailyDataError
+    from rayrec.platform.data import DataError
+
+    p = _cli.parser("daily", __doc__.splitlines()[2])
+    p.add_argument("--as-of", required=True, help="YYYY-MM-DD: the day the recommendations are for")
+    p.add_argument("--compare", action="store_true", help="run the seed's comparison table instead")
+    p.add_argument("--seeds", default="0,1,2", help="--compare: comma-separated seeds to average")
+    args = p.parse_args(_cli.argv_or_sys(argv))
+    cfg = _cli.load(DailyJobConfig, args, "daily")
+    try:
+        if args.compare:
+            from rayrec.platform.daily.evaluate import table_markdown
+
+            seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+            rows = run_compare(cfg, args.as_of, seeds)
+            print(table_markdown(rows, cfg.train.train.ks))
+        else:
+            run_daily(cfg, args.as_of)
+    except (DailyJobError, DailyDataError, DataError, ValueError) as exc:
+        print(f"rayrec.jobs.daily: error: {exc} (nothing was published)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""``python -m rayrec.jobs.tune_report <tune run dir> [--metric recall@20] [--top 10]``
+
+Writes ``curves.png`` (metric vs iteration, one line per trial; PBT's learning-rate
+schedule when ``optim.lr`` varies within trials) and prints a table of the best trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+
+def load_trials(run_dir: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for res in sorted(run_dir.glob("*/result.json")):
+        rows = [json.loads(line) for line in res.read_text().splitlines() if line.strip()]
+        if rows:
+            df = pd.json_normalize(rows)
+            out[res.parent.name] = df
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rayrec.jobs.tune_report")
+    ap.add_argument("run_dir")
+    ap.add_argument("--metric", default="recall@20")
+    ap.add_argument("--top", type=int, default=10)
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    trials = load_trials(run_dir)
+    if not trials:
+        print(f"no trials with results under {run_dir}")
+        return 1
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lr_key = "config.optim.lr"
+    has_lr = any(lr_key in df and df[lr_key].nunique() > 1 for df in trials.values())
+    fig, axes = plt.subplots(1, 2 if has_lr else 1, figsize=(12 if has_lr else 7, 4.5), squeeze=False)
+    for name, df in trials.items():
+        x = df["training_iteration"] if "training_iteration" in df else range(len(df))
+        if args.metric in df:
+            axes[0][0].plot(x, df[args.metric], marker="o", ms=3, label=name[-20:])
+        if has_lr and lr_key in df:
+            axes[0][1].step(x, df[lr_key], where="post", label=name[-20:])
+    axes[0][0].set_xlabel("iteration (epoch)")
+    axes[0][0].set_ylabel(f"validation {args.metric}")
+    axes[0][0].set_title(run_dir.name)
+    if has_lr:
+        axes[0][1].set_xlabel("iteration (epoch)")
+        axes[0][1].set_ylabel("optim.lr")
+        axes[0][1].set_yscale("log")
+        axes[0][1].set_title("learning-rate schedule per trial")
+    if len(trials) <= 12:
+        axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    png = run_dir / "curves.png"
+    fig.savefig(png, dpi=110)
+    rows = []
+    for name, df in trials.items():
+        last = df.iloc[-1]
+        cfg_cols = {c[len("config."):]: last[c] for c in df.columns
+                    if c.startswith("config.") and not c.startswith("config.__rayrec__")}
+        rows.append({"trial": name[-24:], args.metric: last.get(args.metric), "fitness": last.get("fitness"),
+                     "loss": last.get("loss"), "iters": len(df), **cfg_cols})
+    table = pd.DataFrame(rows).sort_values(args.metric, ascending=False).head(args.top)
+    print(table.to_string(index=False))
+    print(f"\ncurves: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The daily recommender pipeline: data, catalog-scale training, batch predictions."""

@@ -1,0 +1,22 @@
+"""Small generated datasets shared by tests (no external data needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayrec.platform.config import load_config
+from rayrec.platform.preprocessing.config import PreprocessJobConfig
+from rayrec.platform.preprocessing.pipeline import run_preprocess
+from rayrec.platform.preprocessing.synthetic import generate_events, write_rsc15_style
+
+
+def synthetic_sessions(root: Path, n_events: int = 6000, n_items: int = 300, seed: int = 0) -> str:
+    """Preprocess a synthetic session log into ``root/data`` (session_time split, 1 test day)."""
+    src = write_rsc15_style(generate_events(n_events, n_items=n_items, seed=seed, days=6), root / "ev.tsv")
+    cfg = load_config(
+        PreprocessJobConfig, None,
+        ["source.format=rsc15_prepared", f"source.path={src}", "split.test_days=1", "split.valid_days=1",
+         f"output.path={root / 'data'}", "ray.use_ray=false", "filter.min_item_support=2"],
+    )
+    run_preprocess(cfg, log=lambda _m: None)
+    return str(root / "data")

@@ -1,0 +1,49 @@
+"""Tune configs are rejected before any trial starts, naming the key (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayrec.platform.config import ConfigError, load_config
+from rayrec.platform.tuning.run import TuneJobConfig, make_train_config, preflight
+from tests.conftest import REPO
+
+
+def _cfg(*extra, config="jobs/configs/tune_gru4rec_gentune.yaml"):
+    return load_config(TuneJobConfig, REPO / config, [f"base_config={REPO / 'jobs/configs/gru4rec_rsc15.yaml'}", *extra])
+
+
+@pytest.mark.parametrize("name", ["gentune", "random", "pbt"])
+def test_shipped_tune_configs_pass_preflight(name):
+    cfg = _cfg(config=f"jobs/configs/tune_gru4rec_{name}.yaml")
+    base = preflight(cfg)
+    t = make_train_config(base, {})
+    assert t.data.valid_split == "train_valid" and t.scaling.num_workers == 0
+
+
+def test_space_key_the_config_does_not_have():
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):
+        preflight(_cfg("space={optim.lrr: {type: float, low: 0.1, high: 0.2}}"))
+
+
+def test_empty_domain_names_the_key():
+    with pytest.raises(ConfigError, match=r"space\.optim\.lr.*empty domain"):
+        _cfg("space={optim.lr: {type: float, low: 0.2, high: 0.1}}")
+
+
+def test_metric_never_reported():
+    with pytest.raises(ConfigError, match="never reports 'recall@50'"):
+        preflight(_cfg("metric=recall@50"))
+
+
+def test_tuning_on_the_test_split_is_refused():
+    with pytest.raises(ConfigError, match="test split is touched once"):
+        preflight(_cfg("base_overrides=[data.valid_split=test]"))
+
+
+def test_sampled_point_becomes_validated_config():
+    base = preflight(_cfg())
+    cfg = make_train_config(base, {"optim.lr": 0.05, "model.layers": [64, 100]})
+    assert cfg.optim.lr == 0.05 and cfg.model.layers == (64, 100)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        make_train_config(base, {"optim.lr": -1.0})
