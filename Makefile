@@ -14,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_FAST := -m "not slow and not gpu" -q -p no:randomly --timeout=900 -ra
 
-.PHONY: setup demo test test-slow test-all bench lint clean
+.PHONY: setup demo test test-slow test-all bench lint clean cluster-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,7 @@ lint: setup
 
 clean:
 	rm -rf outputs runs .pytest_cache
+
+# A local Ray head, jobs through `ray job submit` with the rayrec wheel, stopped at the end.
+cluster-demo: setup
+	bash scripts/cluster_demo.sh

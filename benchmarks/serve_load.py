@@ -33,8 +33,8 @@ def _free_port() -> int:
 
 def _make_checkpoint(path: Path, n_items: int, hidden: int) -> list[str]:
     import torch
-
     from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+
     from rayrec.platform.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
@@ -109,15 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--num-cpus", type=int, default=4)
     ap.add_argument("--session-replicas", type=int, default=1)
-    ap.add_argument("--batch-wait-ms", type=float, default=2.0)
+    ap.add_argument("--batch-wait-ms", type=float, default=0.0)
+    ap.add_argument("--address", default=None,
+                    help="connect to a running local Ray (default: start one for the run)")
     a = ap.parse_args(argv)
 
     import httpx
     import ray
     from ray import serve
+    from rayrec.serve_apps.recommender import RecommenderArgs, build_app
 
     from rayrec.platform.store import SQLiteRecommendationStore
-    from rayrec.serve_apps.recommender import RecommenderArgs, build_app
 
     work = Path(tempfile.mkdtemp(prefix="rayrec-serve-load-"))
     if a.model_dir:
@@ -140,10 +142,18 @@ def main(argv: list[str] | None = None) -> None:
         session_replicas=a.session_replicas, batch_wait_timeout_s=a.batch_wait_ms / 1000.0,
         max_k=max(100, a.k),
     )
-    ray.init(num_cpus=a.num_cpus, include_dashboard=False, log_to_driver=False)
+    if a.address:
+        ray.init(address=a.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=a.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+        from ray.serve.context import _get_global_client
+
+        cfg = _get_global_client().http_config  # a running Serve keeps its own options
+        if cfg.host not in ("127.0.0.1", "localhost"):
+            raise SystemExit(f"Serve listens on {cfg.host}; this benchmark stays on 127.0.0.1")
+        port = int(cfg.port)
         t0 = time.time()
         serve.run(build_app(args), name="rec", route_prefix="/")
         print(f"deployed in {time.time() - t0:.1f}s on 127.0.0.1:{port}; {len(items)} items, "
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             "session": lambda r: f"/sessions/s{r.randrange(n_sessions)}/recommendations?k={a.k}",
             "daily": lambda r: f"/users/u{r.randrange(n_users)}/recommendations?k={a.k}",
         }
-        for name, fn in endpoints.items():  # warm-up (connections, batch loops, caches)
+        for fn in endpoints.values():  # warm-up (connections, batch loops, caches)
             run_level(base, fn, 4, a.warmup, 30.0)
         rows = []
         for conc in [int(x) for x in a.concurrency.split(",")]:
@@ -179,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{conc:>5}{s['p50'] / n['p50']:>18.2f}{s['p99'] / n['p99']:>18.2f}")
     finally:
         try:
-            serve.shutdown()
+            serve.delete("rec")
+            if not a.address:
+                serve.shutdown()
         finally:
             ray.shutdown()
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from rayrec.jobs import _cli
+
 from rayrec.platform.daily.config import DailyJobConfig, DailyTrainJobConfig
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -214,8 +214,12 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
     else:
         evaluation = {"skipped": f"no purchases after {as_of} in the data (future window empty)"}
     if cfg.plot and tcfg.model.decay == "learned":
+        from rayrec.platform.daily.evaluate import observed_buckets
+
+        observed = observed_buckets(load_windows(tcfg.data.path, tcfg.data.train_prefix, cat))
         evaluation["decay_fit"] = plot_decay(model.learned_decay_curve().tolist(), day_dir / "decay.png",
-                                             title=f"learned vs parametric decay, as-of {as_of}")
+                                             title=f"learned vs parametric decay, as-of {as_of}",
+                                             observed=observed)
         evaluation["decay_plot"] = str(day_dir / "decay.png")
     (day_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=float))
     log(f"evaluation: {evaluation}")

@@ -6,7 +6,9 @@ The main pipeline on the embedded defaults (local Ray, local files):
    built-in deterministic synthetic session log (said so loudly);
 2. evaluate the classic baselines under the ``next_item`` protocol;
 3. train GRU4Rec (reference config, shortened) with Ray Train and evaluate it;
-4. print one table.
+4. print one table;
+5. serve the trained GRU4Rec with Ray Serve on 127.0.0.1, send one request, print the
+   request and the answer, and show the command that keeps the app running.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ class DemoJobConfig(StrictModel):
     synthetic_events: int = Field(120_000, ge=1000)
     baselines: list[str] = Field(default_factory=lambda: ["pop", "spop", "item_knn"])
     train_gru4rec: bool = True
-    gru4rec_epochs: int = Field(3, ge=1)
+    gru4rec_epochs: int = Field(2, ge=1)
     num_cpus: int = 4
+    serve: bool = True
+    serve_port: int = 8000
 
 
 def _step(msg: str) -> None:
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     init_ray(None, cfg.num_cpus, log_to_driver=False)
     out = Path(cfg.out_dir)
     data_dir = Path(cfg.data_dir)
-    _step("1/4 preprocess on Ray Data")
+    _step("1/5 preprocess on Ray Data")
     if (data_dir / "yoochoose-clicks-100k_train_full.txt").is_file():
         print(f"using the public RSC15 sample in {data_dir}")
         overrides = [f"source.paths.{n}={data_dir}/yoochoose-clicks-100k_{n}.txt" for n in
@@ -80,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = run_preprocess(pcfg)
     root = str(out / "data")
 
-    _step("2/4 classic baselines, next_item protocol (full ranking, conservative ties)")
+    _step("2/5 classic baselines, next_item protocol (full ranking, conservative ties)")
     results = evaluate_baselines(root, "train_full", "test", cfg.baselines)
 
     if cfg.train_gru4rec:
@@ -89,14 +93,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             print("GRU4Rec training is not available in this build; skipping")
         else:
-            _step(f"3/4 GRU4Rec on Ray Train ({cfg.gru4rec_epochs} epochs of the reference config)")
+            _step(f"3/5 GRU4Rec on Ray Train ({cfg.gru4rec_epochs} epochs of the reference config)")
             res, ckpt = run_training_for_demo(root, out / "runs", cfg.gru4rec_epochs)
             results["gru4rec"] = res
             print(f"checkpoint: {ckpt}")
 
-    _step(f"4/4 results on {dataset}: train_full -> test "
+    _step(f"4/5 results on {dataset}: train_full -> test "
           f"({manifest['split']['splits']['test']['events']} test events)")
     print(format_table(results))
+    if cfg.serve and cfg.train_gru4rec and results.get("gru4rec"):
+        _step("5/5 Ray Serve: the session recommender on the trained checkpoint")
+        from ray import serve
+
+        from rayrec.serve_apps.recommender import demo_request
+
+        run_dir = str((out / "runs" / "demo-gru4rec").resolve())
+        state = (out / "serve").resolve()
+        demo_request(
+            {"model_dir": run_dir, "model": "latest", "session_store": f"sqlite:///{state}/sessions.db",
+             "event_log_dir": str(state / "events")},
+            k=10, port=cfg.serve_port,
+        )
+        serve.shutdown()
+        print("(the demo stopped the app; the command above keeps it running)")
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; outputs in {out}/")
     return 0
 

@@ -24,7 +24,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rayrec.platform.training.loop import TrainingInputError
     from rayrec.platform.training.trainer import fit
 
-    args = _cli.parser("train", __doc__.splitlines()[2]).parse_args(_cli.argv_or_sys(argv))
+    argv = _cli.argv_or_sys(argv)
+    args = _cli.parser("train", __doc__.splitlines()[2]).parse_args(argv)
+    if _model_name(args) == "daily_nn":  # the daily model has its own catalog-scale trainer
+        from rayrec.jobs import train_daily
+
+        return train_daily.main(argv)
     cfg = _cli.load(TrainJobConfig, args, "train")
     try:
         res = fit(cfg)
@@ -35,6 +40,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"final metrics: {shown}")
     print(f"checkpoint: {res.checkpoint_dir}")
     return 0
+
+
+def _model_name(args) -> str | None:  # noqa: ANN001
+    """``model.name`` from the YAML file and overrides, before full validation."""
+    import yaml
+
+    from rayrec.platform.config import apply_overrides
+
+    data = {}
+    if args.config and Path(args.config).is_file():
+        data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+    try:
+        data = apply_overrides(data, args.overrides)
+    except ValueError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model.get("name") if isinstance(model, dict) else None
 
 
 def run_training_for_demo(data_root: str, runs_dir: Path, epochs: int) -> tuple[dict[str, Any], str | None]:

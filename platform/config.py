@@ -10,6 +10,7 @@ Tune search spaces and PBT mutations use the same dotted keys through
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -105,6 +106,8 @@ def _json_default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, (_dt.date, _dt.datetime)):
+        return obj.isoformat()
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 

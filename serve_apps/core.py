@@ -35,6 +35,7 @@ __all__ = [
     "ScoreRequest",
     "SessionModel",
     "blend",
+    "resolve_model_name",
     "resolve_model_path",
 ]
 
@@ -64,6 +65,19 @@ def resolve_model_path(model_dir: str | os.PathLike[str], name: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"model {name!r} not found in the model directory")
     return path
+
+
+def resolve_model_name(model_dir: str | os.PathLike[str], name: str) -> str:
+    """``"latest"`` -> the newest checkpoint directory (by name, then mtime) in ``model_dir``
+    that holds a ``model.pt``; any other name is returned unchanged."""
+    if name != "latest":
+        return name
+    root = Path(model_dir)
+    cands = [p for p in root.iterdir() if p.is_dir() and (p / "model.pt").is_file()] \
+        if root.is_dir() else []
+    if not cands:
+        raise FileNotFoundError(f"model 'latest': no checkpoint directory in {root}")
+    return max(cands, key=lambda p: (p.stat().st_mtime, p.name)).name
 
 
 class ItemCatalog:

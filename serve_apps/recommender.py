@@ -38,7 +38,8 @@ Admin endpoints need the token from the environment variable named by ``admin_to
 ingress replicas through their runtime environment.  Without it the admin endpoints answer 403.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Serve rebuilds the FastAPI routes of the class
+# ingress in the replica, where string annotations of the request models do not resolve.
 
 import asyncio
 import hmac
@@ -52,6 +53,16 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
+from rayrec.serve_apps.core import (
+    ItemCatalog,
+    ModelNameError,
+    Popularity,
+    ScoreRequest,
+    SessionModel,
+    blend,
+    resolve_model_name,
+    resolve_model_path,
+)
 
 from rayrec.platform.config import StrictModel
 from rayrec.platform.sessions import (
@@ -61,15 +72,6 @@ from rayrec.platform.sessions import (
     StoreLimits,
     make_session_store,
     validate_id,
-)
-from rayrec.serve_apps.core import (
-    ItemCatalog,
-    ModelNameError,
-    Popularity,
-    ScoreRequest,
-    SessionModel,
-    blend,
-    resolve_model_path,
 )
 
 __all__ = ["RecommenderArgs", "build_app", "demo_request"]
@@ -96,8 +98,9 @@ class RecommenderArgs(StrictModel):
     model_dir: str
     """Directory holding model checkpoints (one sub-directory each); model names used for
     multiplexing and rollouts must be directories inside it."""
-    model: str
-    """Default session model: a checkpoint directory name inside ``model_dir``."""
+    model: str = "latest"
+    """Default session model: a checkpoint directory name inside ``model_dir``, or
+    ``latest`` (the newest checkpoint there, resolved when a replica loads)."""
     store_path: str | None = None
     """SQLite file of the daily recommendation store (None: no daily recommender data)."""
     session_store: str = "sqlite:///tmp/rayrec/sessions.db"
@@ -121,7 +124,8 @@ class RecommenderArgs(StrictModel):
     exclude_consumed: bool = True
     popularity_refresh_s: float = Field(5.0, gt=0)
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
+    """0: a batch is whatever queued while the previous one ran (no added wait at low load)."""
     session_replicas: int | None = Field(None, ge=1)
     """Fixed replica count of the session recommender; None = ``autoscaling``."""
     autoscaling: dict[str, Any] = Field(
@@ -136,6 +140,12 @@ class RecommenderArgs(StrictModel):
     health_check_timeout_s: float = Field(10.0, gt=0)
     torch_threads: int = Field(1, ge=1)
     admin_token_env: str = "RAYREC_ADMIN_TOKEN"
+    replica_env: dict[str, str] = Field(
+        default_factory=lambda: {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    )
+    """Environment of every replica (runtime_env env_vars).  The default runs user code on
+    the replica's event loop instead of a separate thread: one thread hop less per call,
+    which matters for the two-hop session path (see benchmarks/serve_load.py)."""
 
     @field_validator("model")
     @classmethod
@@ -170,7 +180,7 @@ class EventsIn(_Strict):
     """A batch of events. Each row is validated on its own (schema: ``EventIn``); invalid
     rows are rejected with a reason while the valid ones are accepted."""
 
-    events: list[dict[str, Any]] = Field(max_length=HARD_MAX_LIST)
+    events: list[Any] = Field(max_length=HARD_MAX_LIST)
 
 
 class Rejected(_Strict):
@@ -225,12 +235,15 @@ class SessionRecommender:
         self.categories = ItemCatalog.read_metadata(self.args.item_metadata)
         self.store = make_session_store(self.args.session_store, _limits(self.args),
                                         self.args.session_key_prefix)
-        self.default: SessionModel = self._load(self.args.model)
-        self.pop = Popularity(self.default.catalog, self.store, self.args.popularity_refresh_s)
+        # The model comes from user_config (Serve calls reconfigure right after __init__),
+        # so a rollout changes user_config only and is applied in place.
+        self.default: SessionModel | None = None
+        self.pop: Popularity | None = None
         self._score.set_max_batch_size(self.args.max_batch_size)
         self._score.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
 
     def _load(self, name: str) -> SessionModel:
+        name = resolve_model_name(self.args.model_dir, name)
         path = resolve_model_path(self.args.model_dir, name)
         return SessionModel(path, name=name, categories=self.categories)
 
@@ -238,9 +251,9 @@ class SessionRecommender:
         """``user_config: {model_version: <name in model_dir>}`` rolls a new model out in
         place (the old model keeps serving until the new one has loaded)."""
         name = (user_config or {}).get("model_version")
-        if name and name != getattr(self, "default", None) and (
-            not hasattr(self, "default") or name != self.default.name
-        ):
+        if name:
+            name = resolve_model_name(self.args.model_dir, name)
+        if name and (self.default is None or name != self.default.name):
             new = self._load(name)
             self.default = new
             self.pop = Popularity(new.catalog, self.store, self.args.popularity_refresh_s)
@@ -269,6 +282,8 @@ class SessionRecommender:
         return out  # type: ignore[return-value]
 
     async def recommend(self, req: dict) -> dict:
+        if self.default is None:  # deployed without user_config
+            self.reconfigure({"model_version": self.args.model})
         model_id = serve.get_multiplexed_model_id()
         try:
             model = self.default if not model_id or model_id == self.default.name \
@@ -290,11 +305,11 @@ class SessionRecommender:
         return await self._score((model, sr))
 
     def versions(self) -> dict:
+        if self.default is None:
+            self.reconfigure({"model_version": self.args.model})
         return self.default.info()
 
     def check_health(self) -> None:
-        if getattr(self, "default", None) is None:
-            raise RuntimeError("no model loaded")
         if not self.store.ping():
             raise RuntimeError("session store unreachable")
 
@@ -349,6 +364,16 @@ class DailyRecommender:
             self.store.current()
 
 
+# Process-wide limits of this replica's ingress (set by Ingress.__init__; one ingress per
+# replica process).  Serve ships the ingress class by value (cloudpickle copies the globals
+# its methods use), so the class sets them through a module-level function, which travels
+# by reference and mutates this module's dict.
+_LIMITS: dict[str, int] = {"max_body_bytes": 1 << 20}
+
+
+def _set_limits(**kw: int) -> None:
+    _LIMITS.update(kw)
+
 app = FastAPI(
     title="rayrec recommender",
     description="Session (GRU4Rec) and daily recommendations with filters, blending and a "
@@ -359,7 +384,7 @@ app = FastAPI(
 
 @app.middleware("http")
 async def _body_limit(request: Request, call_next):  # noqa: ANN001, ANN201
-    limit = getattr(app.state, "max_body_bytes", 1 << 20)
+    limit = _LIMITS["max_body_bytes"]
     if request.method in ("POST", "PUT", "PATCH"):
         cl = request.headers.get("content-length")
         if cl is not None:
@@ -396,7 +421,7 @@ class Ingress:
                     if a.event_log_dir else None)
         self.catalog = ItemCatalog([], ItemCatalog.read_metadata(a.item_metadata))
         self.admin_token = os.environ.get(a.admin_token_env) or None
-        app.state.max_body_bytes = a.max_body_bytes
+        _set_limits(max_body_bytes=a.max_body_bytes)
 
     # -- helpers --
     def _k(self, k: int | None) -> int:
@@ -433,6 +458,11 @@ class Ingress:
         if not self.admin_token or not hmac.compare_digest(given.encode(), self.admin_token.encode()):
             raise HTTPException(403, "admin token missing or wrong (header X-Admin-Token)")
 
+    def check_health(self) -> None:
+        """Serve's replica health check: the session store must answer."""
+        if not self.store.ping():
+            raise RuntimeError("session store unreachable")
+
     # -- endpoints --
     @app.get("/health")
     def health(self) -> dict:
@@ -457,8 +487,11 @@ class Ingress:
         by_session: dict[str, tuple[str | None, list[SessionEvent]]] = {}
         rows: list[LogRow] = []
         for i, raw in enumerate(body.events):
+            if not isinstance(raw, dict):
+                errors.append(Rejected(index=i, reason="row must be a JSON object (see EventIn)"))
+                continue
             try:
-                e = EventIn(**raw) if isinstance(raw, dict) else EventIn.model_validate(raw)
+                e = EventIn(**raw)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where = ".".join(str(x) for x in err.get("loc", ())) or "row"
@@ -539,7 +572,10 @@ class Ingress:
         include_categories: list[str] = Query([], max_length=100),
         exclude_categories: list[str] = Query([], max_length=100),
     ) -> RecsOut:
-        """Daily recommendations (seed 000), optionally blended with a live session."""
+        """Daily recommendations (seed 000), optionally blended with a live session.
+
+        ``scores`` here are rank scores (K, K-1, ..., 1): the daily and session models'
+        scores are on different scales, so the blend is rank-based (see ``core.blend``)."""
         _check_id(user_id, "user_id")
         o = self._opts(RecOptions(k=k, exclude_consumed=exclude_consumed,
                                   include_categories=include_categories,
@@ -607,17 +643,28 @@ class Ingress:
 
 
 # ---- builder ---------------------------------------------------------------------------
+def _actor_opts(num_cpus: float, env: dict[str, str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {"num_cpus": num_cpus}
+    if env:
+        opts["runtime_env"] = {"env_vars": dict(env)}
+    return opts
+
+
 def build_app(args: RecommenderArgs) -> serve.Application:
     """The application for ``serve run`` / ``serve.run`` (typed arguments)."""
     if isinstance(args, dict):
         args = RecommenderArgs(**args)
     a = args.model_dump(mode="json")
-    resolve_model_path(args.model_dir, args.model)  # fail at build time, naming the model
+    # Replicas get the model through user_config only: a rollout (new ``model``) then changes
+    # user_config alone and Serve applies it in place instead of replacing replicas.
+    a["model"] = "latest"
+    # fail at build time, naming the model
+    resolve_model_path(args.model_dir, resolve_model_name(args.model_dir, args.model))
     session_opts: dict[str, Any] = dict(
         user_config={"model_version": args.model},
         health_check_period_s=args.health_check_period_s,
         health_check_timeout_s=args.health_check_timeout_s,
-        ray_actor_options={"num_cpus": args.session_num_cpus},
+        ray_actor_options=_actor_opts(args.session_num_cpus, args.replica_env),
         max_ongoing_requests=max(8, 2 * args.max_batch_size),
     )
     if args.session_replicas is not None:
@@ -626,17 +673,15 @@ def build_app(args: RecommenderArgs) -> serve.Application:
         session_opts["autoscaling_config"] = dict(args.autoscaling)
     session = serve.deployment(SessionRecommender).options(**session_opts).bind(a)
     daily = serve.deployment(DailyRecommender).options(
-        ray_actor_options={"num_cpus": args.daily_num_cpus},
+        ray_actor_options=_actor_opts(args.daily_num_cpus, args.replica_env),
         health_check_period_s=args.health_check_period_s,
         max_ongoing_requests=64,
     ).bind(a)
-    env = {}
+    env = dict(args.replica_env)
     token = os.environ.get(args.admin_token_env)
     if token:
         env[args.admin_token_env] = token
-    ingress_actor: dict[str, Any] = {"num_cpus": args.ingress_num_cpus}
-    if env:
-        ingress_actor["runtime_env"] = {"env_vars": env}
+    ingress_actor = _actor_opts(args.ingress_num_cpus, env)
     return serve.deployment(Ingress).options(
         num_replicas=args.ingress_replicas, ray_actor_options=ingress_actor,
         max_ongoing_requests=256,
@@ -658,9 +703,15 @@ def demo_request(
 
     a = args if isinstance(args, RecommenderArgs) else RecommenderArgs(**args)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:  # an already running Serve keeps its own HTTP options
+        from ray.serve.context import _get_global_client
+
+        port = int(_get_global_client().http_config.port)
+    except (ImportError, AttributeError):
+        pass
     serve.run(build_app(a), name="recommender", route_prefix="/")
     if items is None:
-        path = resolve_model_path(a.model_dir, a.model)
+        path = resolve_model_path(a.model_dir, resolve_model_name(a.model_dir, a.model))
         items = json.loads((path / "items.json").read_text())[:3]
     base = f"http://127.0.0.1:{port}"
     events = {"events": [{"session_id": session_id, "item_id": i} for i in items]}

@@ -7,7 +7,6 @@ Both dispatch through ``RAYREC_KERNELS`` (see ``rayrec.ops_kernels._dispatch``).
 from __future__ import annotations
 
 import torch
-
 from rayrec.ops_kernels._dispatch import resolve_backend
 from rayrec.ops_kernels.linear_ce.reference import linear_ce_reference
 

@@ -6,10 +6,13 @@ log_q_j`` over the columns ``j`` of ``weight`` (every catalog item for the full 
 correction of the authors' official GRU4Rec code / ``rayrec.models.losses.cross_entropy``).
 The anchor is Liger-Kernel's fused linear cross-entropy: the ``(B, N)`` logits are never held
 whole. The forward runs an *online* logsumexp over chunks of ``chunk`` columns
-(running max ``m`` and rescaled sum ``s``: ``s <- s * exp(m - m') + sum_j exp(z_j - m')``) and
-keeps only ``lse (B,)``; the backward recomputes each chunk's logits, turns them into
-``p = exp(z - lse)`` and accumulates ``dh += p W_c``, ``dW_c = p^T h``, ``db_c = sum_i p``; the
-positive's ``-1`` is applied once through the target rows. Peak extra memory is one
+(``lse <- lse + log1p(sum_j exp(z_j - lse))``, with a max-shifted fallback for the first chunk
+and on overflow) and keeps only ``lse (B,)``; the backward recomputes each chunk's logits,
+turns them into ``p = exp(z - lse)`` and accumulates ``dh += p W_c``, ``dW_c = p^T (g h)``,
+``db_c = p^T g``; the positive's ``-1`` is applied once through the target rows. Bias, logQ
+correction and the shift are folded into the chunk matmul (``[h | 1 | -shift] @
+[W_c | b_c - adj_c | 1]^T``), so each chunk costs one matmul plus one ``exp`` pass in the
+forward and three matmuls plus one ``exp`` pass in the backward. Peak extra memory is one
 ``(B, chunk)`` block plus the gradients themselves.
 
 Masked columns (accidental hits of the sampled variant) are described without a ``(B, C)``
@@ -31,16 +34,36 @@ def default_chunk(batch: int, n_cols: int) -> int:
     return max(1024, min(max(n_cols, 1), (1 << 22) // max(batch, 1)))
 
 
-def _chunk_logits(h, w, b, adj, c0, c1):  # noqa: ANN001, ANN202
-    """fp32 logits of columns [c0, c1): (B, c)."""
-    wc = w[c0:c1].float()  # (c, D)
-    if b is not None:
-        z = torch.addmm(b[c0:c1].float(), h, wc.t())  # (B, c)
-    else:
-        z = h @ wc.t()  # (B, c)
-    if adj is not None:
-        z.sub_(adj[c0:c1])
-    return z
+class _Chunker:
+    """Builds ``[W_c | b_c - adj_c | 1]`` (c, D + 2) per chunk in one reused fp32 buffer.
+
+    With ``hx = [h | 1 | -shift]`` (B, D + 2), one matmul ``hx @ W'^T`` gives the shifted
+    logits ``z - shift`` including the bias and the logQ correction: no separate pass over the
+    ``(B, c)`` block for the bias or the shift.
+    """
+
+    def __init__(self, weight, bias, adj, chunk):  # noqa: ANN001
+        d = weight.shape[1]
+        self.weight, self.bias, self.adj, self.d = weight, bias, adj, d
+        self.buf = torch.empty(min(chunk, weight.shape[0]), d + 2, device=weight.device)
+        self.buf[:, d + 1] = 1.0
+
+    def __call__(self, c0: int, c1: int) -> torch.Tensor:
+        c, d = c1 - c0, self.d
+        wb = self.buf[:c]
+        wb[:, :d].copy_(self.weight[c0:c1])
+        if self.bias is not None:
+            wb[:, d].copy_(self.bias[c0:c1])
+        else:
+            wb[:, d].zero_()
+        if self.adj is not None:
+            wb[:, d].sub_(self.adj[c0:c1])
+        return wb
+
+
+def _hx(h: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """[h | 1 | -shift] (B, D + 2)."""
+    return torch.cat([h, torch.ones_like(shift)[:, None], -shift[:, None]], dim=1)
 
 
 def _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples):  # noqa: ANN001, ANN202
@@ -55,25 +78,44 @@ def _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples
     return z.masked_fill_(hit, float("-inf"))
 
 
+def _lse(h, weight, bias, adj, col_items, pos, n_batch_cols, mask_samples, chunk):  # noqa: ANN001, ANN202
+    """Row-wise logsumexp over all columns, chunk by chunk: (B,).
+
+    The running value ``lse`` is the shift of the next chunk (folded into the matmul), so
+    ``exp(z - lse)`` cannot overflow unless a chunk holds a logit ~88 above everything seen so
+    far; that (and the first chunk) takes the careful max-shifted path.
+    """
+    bsz, n = h.shape[0], weight.shape[0]
+    pos_items = None if col_items is None else col_items[pos]
+    build = _Chunker(weight, bias, adj, chunk)
+    lse = torch.full((bsz,), float("-inf"), device=h.device)
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        wb = build(c0, c1)
+        fast = bool(torch.isfinite(lse).all())
+        if fast:
+            z = _hx(h, lse) @ wb.t()  # (B, c): z - lse
+            _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples)
+            cs = z.exp_().sum(1)
+            if bool(torch.isfinite(cs).all()):
+                lse = lse + torch.log1p(cs)
+                continue
+        z = _hx(h, torch.zeros_like(lse)) @ wb.t()  # (B, c): z
+        _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples)
+        m = torch.maximum(lse, z.amax(dim=1))
+        m = m.masked_fill(m == float("-inf"), 0.0)  # rows fully masked so far
+        cs = z.sub_(m[:, None]).exp_().sum(1)
+        lse = m + torch.log(torch.exp(lse - m) + cs)
+    return lse
+
+
 class LinearCEReference(torch.autograd.Function):
     """Per-row losses ``(B,)``; gradients for hidden, weight and bias."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, pos, adj, col_items, n_batch_cols, mask_samples, chunk):  # noqa: ANN001, ANN205
         h = hidden.float()  # (B, D)
-        bsz, n = h.shape[0], weight.shape[0]
-        m = torch.full((bsz,), float("-inf"), device=h.device)  # running max
-        s = torch.zeros(bsz, device=h.device)  # running sum of exp(z - m)
-        pos_items = None if col_items is None else col_items[pos]
-        for c0 in range(0, n, chunk):
-            c1 = min(n, c0 + chunk)
-            z = _chunk_logits(h, weight, bias, adj, c0, c1)  # (B, c)
-            _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples)
-            m_new = torch.maximum(m, z.amax(dim=1))  # (B,)
-            m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)  # a fully masked chunk
-            s = s * torch.exp(m - m_safe) + torch.exp(z - m_safe.unsqueeze(1)).sum(1)
-            m = m_new
-        lse = m + torch.log(s)  # (B,)
+        lse = _lse(h, weight, bias, adj, col_items, pos, n_batch_cols, mask_samples, chunk)
         wt = weight[pos].float()  # (B, D): the positive columns
         zpos = (h * wt).sum(1)
         if bias is not None:
@@ -89,30 +131,36 @@ class LinearCEReference(torch.autograd.Function):
         hidden, weight, bias, pos, adj, col_items, lse = ctx.saved_tensors
         n_batch_cols, mask_samples, chunk = ctx.meta
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias is not None
         h = hidden.float()
         g = g.float()  # (B,)
         n = weight.shape[0]
         pos_items = None if col_items is None else col_items[pos]
+        # p = softmax rows; dh = g * (p W), dW = p^T (g h), db = p^T g: g is applied to the
+        # small (B, D) operands instead of the (B, c) block.
         dh = torch.zeros_like(h) if need_h else None
-        dw = torch.zeros(weight.shape, device=h.device) if need_w else None
-        db = torch.zeros(n, device=h.device) if (need_b and bias is not None) else None
-        gl = lse.unsqueeze(1)
+        dw = torch.empty(weight.shape, device=h.device) if need_w else None
+        db = torch.empty(n, device=h.device) if need_b else None
+        hg = h * g[:, None]
+        hx = _hx(h, lse)
+        build = _Chunker(weight, bias, adj, chunk)
         for c0 in range(0, n, chunk):
             c1 = min(n, c0 + chunk)
-            z = _chunk_logits(h, weight, bias, adj, c0, c1)
-            _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples)
-            p = z.sub_(gl).exp_().mul_(g.unsqueeze(1))  # (B, c): g_i * softmax_ij
+            wb = build(c0, c1)
+            p = hx @ wb.t()  # (B, c): z - lse
+            _mask_chunk(p, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples)
+            p.exp_()
             if dh is not None:
-                dh.addmm_(p, weight[c0:c1].float())
+                dh.addmm_(p, wb[:, : h.shape[1]])
             if dw is not None:
-                torch.mm(p.t(), h, out=dw[c0:c1])
+                torch.mm(p.t(), hg, out=dw[c0:c1])
             if db is not None:
-                db[c0:c1] = p.sum(0)
+                torch.mv(p.t(), g, out=db[c0:c1])
         # the positive's -1
         if dh is not None:
-            dh.sub_(weight[pos].float() * g.unsqueeze(1))
+            dh.mul_(g[:, None]).sub_(weight[pos].float() * g[:, None])
         if dw is not None:
-            dw.index_add_(0, pos, h * (-g).unsqueeze(1))
+            dw.index_add_(0, pos, -hg)
         if db is not None:
             db.index_add_(0, pos, -g)
         out_h = None if dh is None else dh.to(hidden.dtype)

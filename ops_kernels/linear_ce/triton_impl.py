@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from rayrec.ops_kernels._dispatch import triton_interpret
 
 __all__ = ["LinearCETriton", "linear_ce_triton"]

@@ -50,14 +50,15 @@ def topk_reference(
     ex = None
     if exclude is not None and exclude.numel():
         ex = exclude
+        row_base = torch.arange(bsz, device=dev).unsqueeze(1)  # (B, 1)
     for c0 in range(0, n, chunk):
         c1 = min(n, c0 + chunk)
         wc = weight[c0:c1].float()  # (c, D)
         s = torch.addmm(bias[c0:c1].float(), h, wc.t()) if bias is not None else h @ wc.t()
         if ex is not None:
             inside = (ex >= c0) & (ex < c1)  # (B, E)
-            r, e = inside.nonzero(as_tuple=True)
-            s[r, ex[r, e] - c0] = float("-inf")
+            flat = ex - c0 + row_base * (c1 - c0)  # (B, E) positions in s.view(-1)
+            s.view(-1).index_fill_(0, flat[inside], float("-inf"))
         kk = min(k, c1 - c0)
         v, i = s.topk(kk, dim=1)  # (B, kk)
         cat_v = torch.cat([run_v, v], dim=1)  # (B, k + kk)

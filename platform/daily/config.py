@@ -10,11 +10,12 @@ Dates in YAML should be quoted (``"1998-03-15"``); ISO strings are parsed by pyd
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 from pydantic import Field, model_validator
-
 from rayrec.models.daily_nn import DailyNNConfig
+
 from rayrec.platform.config import StrictModel
 from rayrec.platform.preprocessing.config import FilterConfig, SourceConfig, ValidateConfig
 from rayrec.platform.training.config import RayInitConfig
@@ -60,10 +61,19 @@ class DailyDataConfig(StrictModel):
     synthetic: SyntheticDailyData | None = None
     """When set, ``path`` is ignored and random data of this shape is generated."""
 
+    @model_validator(mode="after")
+    def _synthetic_catalog(self) -> DailyDataConfig:
+        if self.synthetic is not None and self.catalog_size is not None:
+            raise ValueError("data.catalog_size cannot be combined with data.synthetic (use synthetic.n_items)")
+        return self
+
 
 class DailyOptimConfig(StrictModel):
     name: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    decay_lr_multiplier: float = Field(1.0, gt=0)
+    """Learning-rate multiplier of the 33 parameters of the learned decay (eq. 4): they are
+    shared by every product and move slowly at the network's learning rate."""
 
 
 class DailyLoopConfig(StrictModel):
@@ -134,8 +144,8 @@ class BatchPredictJobConfig(StrictModel):
     """A ``fit_daily`` checkpoint directory."""
     data_path: str
     """A ``date_windows`` preprocess output; users come from ``predict_split``."""
-    predict_split: str = "predict_x"
-    as_of: str
+    predict_split: str = "predict_x.parquet"
+    as_of: date
     """YYYY-MM-DD: the end of the input window (days_ago is measured from it)."""
     model_version: str | None = None
     """Defaults to the checkpoint's item-index hash + epoch."""

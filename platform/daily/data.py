@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
 from rayrec.models.daily_nn import SparseBatch, clip_catalog
+
 from rayrec.platform import data as pdata
 from rayrec.platform.daily.config import SyntheticDailyData
 
@@ -45,6 +45,7 @@ __all__ = [
     "UserWindows",
     "build_catalog",
     "build_windows",
+    "catalog_for_items",
     "day_ms",
     "load_windows",
     "synthetic_windows",
@@ -92,6 +93,15 @@ def build_catalog(items: pd.DataFrame, catalog_size: int | None) -> Catalog:
     remap = np.full(n, -1, dtype=np.int64)
     remap[keep] = np.arange(keep.size, dtype=np.int64)
     return Catalog([str(ids[i]) for i in keep], remap)
+
+
+def catalog_for_items(items: pd.DataFrame, item_ids: Sequence[str]) -> Catalog:
+    """Map a dataset's ``item_idx`` onto a trained model's product list (unknown -> -1)."""
+    pos = {str(i): j for j, i in enumerate(item_ids)}
+    remap = np.array([pos.get(str(i), -1) for i in items["item_id"]], dtype=np.int64)
+    if not (remap >= 0).any():
+        raise DailyDataError("no product of the data is in the model's catalog (wrong checkpoint?)")
+    return Catalog([str(i) for i in item_ids], remap)
 
 
 @dataclass
@@ -231,7 +241,7 @@ def _input_end(root: str, prefix: str) -> str:
     return b["dxy"] if base == "train" else b["dyz"]
 
 
-def _read(root: str, name: str) -> pd.DataFrame:
+def read_split(root: str, name: str) -> pd.DataFrame:
     cols = ["user_id", "item_idx", "ts"]
     if name.endswith(".parquet"):
         return pd.read_parquet(Path(root) / name if not Path(name).is_absolute() else name, columns=cols)
@@ -242,7 +252,7 @@ def load_windows(
     root: str, prefix: str, catalog: Catalog, with_targets: bool = True, input_split: str | None = None
 ) -> UserWindows:
     """``<prefix>_x`` (ages relative to the input window end) and ``<prefix>_y``."""
-    x = _read(root, input_split or f"{prefix}_x")
+    x = read_split(root, input_split or f"{prefix}_x")
     y = pdata.load_split(root, f"{prefix}_y", ["user_id", "item_idx", "ts"]) if with_targets else None
     if x.empty:
         raise DailyDataError(f"{root}: split {prefix}_x is empty (no user has purchases in the input window)")

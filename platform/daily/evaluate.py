@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from rayrec.models.daily_nn import DECAY_BUCKETS, DECAY_HORIZON_DAYS, fit_parametric_decay
+
 from rayrec.platform.daily.config import DailyTrainJobConfig
 from rayrec.platform.daily.data import UserWindows, load_catalog, load_windows
 from rayrec.platform.evaluation.protocols import evaluate_future_window
@@ -86,20 +86,55 @@ def item_knn_scores(windows: UserWindows) -> Callable[[np.ndarray], np.ndarray]:
     return fn
 
 
-def plot_decay(curve: Sequence[float], path: str | Path, title: str = "") -> dict[str, float]:
-    """PNG of the learned eq. 4 decay vs the fitted eq. 5 curve (Figure 4); returns the fit."""
+def observed_buckets(windows: UserWindows) -> np.ndarray:
+    """Indices of the eq. 4 date buckets that hold at least one training purchase."""
+    from rayrec.models.daily_nn import decay_bucket
+
+    return np.unique(decay_bucket(torch.from_numpy(windows.x_days)).numpy())
+
+
+def _fit_observed(curve: np.ndarray, centres: np.ndarray, obs: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``s * Td(t, decay)`` on the observed buckets only (log grid + refine)."""
+    y, t = curve[obs], centres[obs]
+    best = (np.inf, 1.0, 1.0)
+    grid = np.exp(np.linspace(np.log(0.1), np.log(1e5), 2000))
+    for d in grid:
+        f = 1.0 / (1.0 + t / d)
+        s = float(f @ y / (f @ f))
+        e = float(((s * f - y) ** 2).sum())
+        if e < best[0]:
+            best = (e, float(d), s)
+    return best[1], best[2]
+
+
+def plot_decay(
+    curve: Sequence[float], path: str | Path, title: str = "", observed: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """PNG of the learned eq. 4 decay vs the fitted eq. 5 curve (Figure 4); returns the fit.
+
+    ``observed``: the buckets that held training purchases (others never receive a gradient
+    and keep their initial weight 1); the fit then uses those buckets only, and the plot
+    marks the untrained ones.  None fits all 32 (``fit_parametric_decay``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curve = np.asarray(curve, dtype=np.float64)
-    decay, scale = fit_parametric_decay(curve, return_scale=True)
     width = DECAY_HORIZON_DAYS / DECAY_BUCKETS
     centres = (np.arange(DECAY_BUCKETS) + 0.5) * width
-    t = np.linspace(0, DECAY_HORIZON_DAYS, 400)
+    if observed is None:
+        obs = np.arange(DECAY_BUCKETS)
+        decay, scale = fit_parametric_decay(curve, return_scale=True)
+    else:
+        obs = np.asarray(sorted(int(i) for i in observed), dtype=np.int64)
+        decay, scale = _fit_observed(curve, centres, obs)
+    t = np.linspace(0, centres[obs].max() if obs.size else DECAY_HORIZON_DAYS, 400)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(centres, curve, "o-", label="learned convolutional decay (eq. 4)")
+    ax.plot(centres[obs], curve[obs], "o-", label="learned convolutional decay (eq. 4)")
+    rest = np.setdiff1d(np.arange(DECAY_BUCKETS), obs)
+    if rest.size:
+        ax.plot(centres[rest], curve[rest], "x", color="grey", label="buckets without data (untrained)")
     ax.plot(t, scale / (1 + t / decay), "--", label=f"parametric fit (eq. 5): decay={decay:.1f} d")
     ax.set_xlabel("days before the input window end")
     ax.set_ylabel("input weight")
@@ -109,7 +144,7 @@ def plot_decay(curve: Sequence[float], path: str | Path, title: str = "") -> dic
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return {"decay_days": float(decay), "scale": float(scale)}
+    return {"decay_days": float(decay), "scale": float(scale), "observed_buckets": [int(i) for i in obs]}
 
 
 def table_markdown(rows: list[dict[str, Any]], ks: Sequence[int]) -> str:
@@ -141,6 +176,7 @@ def compare_ml100k(
     ks = list(base.train.ks)
     cat = load_catalog(base.data.path, base.data.catalog_size)
     test = load_windows(base.data.path, base.data.test_prefix, cat)
+    observed = observed_buckets(load_windows(base.data.path, base.data.train_prefix, cat))
     results: list[dict[str, Any]] = []
     for label, fn in (("POP", pop_scores(test)), ("Item-KNN", item_knn_scores(test))):
         m = evaluate_scores(fn, test, ks)
@@ -176,7 +212,7 @@ def compare_ml100k(
         if curves:
             slug = label.split(",")[0].replace(" ", "_")
             row["decay_fit"] = plot_decay(np.mean(curves, axis=0), out / f"decay_{slug}.png",
-                                          title=f"{label}: learned vs parametric decay")
+                                          title=f"{label}: learned vs parametric decay", observed=observed)
             row["learned_decay"] = list(np.mean(curves, axis=0))
         results.append(row)
         log(f"{label}: {table_markdown([row], ks).splitlines()[-1]}")

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
 from rayrec.models.daily_nn import SparseBatch
+
 from rayrec.platform.daily.config import PredictConfig
 from rayrec.platform.daily.data import UserWindows
 from rayrec.platform.store import RecommendationStore, Row

@@ -49,8 +49,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
-
 from rayrec.models.daily_nn import (
     DECAY_BUCKETS,
     DailyNNConfig,
@@ -60,6 +58,8 @@ from rayrec.models.daily_nn import (
     kl_sparsity,
     time_decay,
 )
+from torch import nn
+
 from rayrec.platform.checkpoint import load_checkpoint, save_checkpoint
 from rayrec.platform.daily.config import DailyTrainJobConfig
 from rayrec.platform.daily.data import (
@@ -140,7 +140,7 @@ class ShardedDailyNN(nn.Module):
         self.act = _ACTS[config.activation]
         if config.decay == "learned":
             self.conv_weight = nn.Parameter(torch.ones(DECAY_BUCKETS))
-            self.conv_bias = nn.Parameter(torch.zeros(()))
+            self.conv_bias = nn.Parameter(torch.zeros(1))  # (1,): DeepSpeed cannot flatten 0-d
             self.conv_act = _ACTS[config.conv_activation or config.activation]
         self.dropout = nn.Dropout(config.dropout)
         self._means: list[torch.Tensor] = []
@@ -354,6 +354,12 @@ def train_loop(
     start_epoch = 0
     if restore_dir:
         ck = load_checkpoint(restore_dir)
+        ck_model = ck.config.get("model") if isinstance(ck.config, dict) else None
+        if ck_model != cfg.model.model_dump(mode="json") or list(ck.item_ids) != list(data.catalog.item_ids):
+            raise ValueError(
+                f"the run's latest checkpoint {restore_dir} holds another model config or catalog; "
+                "use another run.name or delete the run directory to start fresh"
+            )
         full = ck.model_state
         local = {k: v for k, v in full.items()}
         s, e = model.start, model.stop
@@ -363,9 +369,13 @@ def train_loop(
         model.load_state_dict(local)
         start_epoch = int(ck.meta.get("epoch", 0))
         log(f"resumed from {restore_dir} at epoch {start_epoch}")
-    params = list(model.parameters())
     lr = cfg.optim.lr
-    opt = torch.optim.Adam(params, lr=lr) if cfg.optim.name == "adam" else torch.optim.SGD(params, lr=lr)
+    conv = [p for n, p in model.named_parameters() if n.startswith("conv_")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("conv_")]
+    groups = [{"params": rest}]
+    if conv:
+        groups.append({"params": conv, "lr": lr * cfg.optim.decay_lr_multiplier})
+    opt = torch.optim.Adam(groups, lr=lr) if cfg.optim.name == "adam" else torch.optim.SGD(groups, lr=lr)
     engine = None
     if cfg.scaling.engine == "deepspeed":
         import deepspeed

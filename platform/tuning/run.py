@@ -217,6 +217,8 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
         tune_config=TuneConfig(
             metric=cfg.metric, mode=cfg.mode, num_samples=num_samples, search_alg=search_alg,
             scheduler=scheduler, max_concurrent_trials=max_concurrent,
+            # short folder names: the default puts the whole (nested) config in them
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),
         run_config=RunConfig(name=cfg.run.name, storage_path=storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=keep)),

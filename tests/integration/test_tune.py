@@ -46,7 +46,7 @@ def test_pbt_four_trials_with_checkpoints(ray_session, base_yaml, tmp_path):
     # checkpoints kept for every epoch of every trial (pruning breaks PBT restores)
     assert len(list(run.glob("*/checkpoint_*/model.pt"))) >= 4 * 3 - 2
     # TensorBoard event files in every trial folder (a PBT restart adds another file)
-    trial_dirs = [d for d in run.iterdir() if d.is_dir() and d.name.startswith("trainable")]
+    trial_dirs = [d for d in run.iterdir() if d.is_dir() and d.name.startswith("trial_")]
     assert len(trial_dirs) == 4
     assert all(list(d.glob("events.out.tfevents*")) for d in trial_dirs)
     # PBT exploited at least once: some trial's reported learning rate changed mid-run

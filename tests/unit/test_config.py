@@ -66,3 +66,11 @@ def test_missing_file_and_non_mapping(tmp_path):
     f.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(PreprocessJobConfig, f)
+
+
+def test_unquoted_yaml_dates_load(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("source: {format: movielens, path: u.data}\nsplit: {name: date_windows, dx: 1997-09-01, "
+                 "dxy: 1998-02-15, dyz: 1998-03-15, dz: 1998-04-23}\n")
+    cfg = load_config(PreprocessJobConfig, f, ["split.min_input_events=2"])
+    assert str(cfg.split.dyz) == "1998-03-15" and cfg.split.min_input_events == 2

@@ -12,11 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from rayrec.jobs import daily as daily_job
 from rayrec.models.daily_nn import DailyNN, DailyNNConfig, SparseBatch
+
 from rayrec.platform.config import ConfigError, load_config
-from rayrec.platform.daily.config import DailyJobConfig, DailyTrainJobConfig, PredictConfig, WindowConfig
+from rayrec.platform.daily.config import (
+    DailyJobConfig,
+    DailyTrainJobConfig,
+    PredictConfig,
+    WindowConfig,
+)
 from rayrec.platform.daily.data import (
     DailyDataError,
     build_catalog,
@@ -319,3 +324,47 @@ def test_model_version_is_content_hash(tmp_path):
 
 def test_day_ms():
     assert day_ms("1970-01-02") == 86_400_000
+
+
+def test_batch_predict_job_publishes_and_is_idempotent(day_data, tmp_path):
+    from rayrec.jobs import batch_predict as bp_job
+
+    from rayrec.platform.daily.config import BatchPredictJobConfig
+
+    cfg = load_config(DailyTrainJobConfig, None, [f"data.path={day_data}", "train.epochs=1",
+                                                  "model.hidden_sizes=[8,4]", f"run.storage_path={tmp_path}"])
+    ck = fit_daily(cfg, log=lambda _m: None).checkpoint_dir
+    job = BatchPredictJobConfig.model_validate({
+        "checkpoint": ck, "data_path": str(day_data), "as_of": "2020-04-20",
+        "predict": {"k": 4, "use_ray": False}, "store": {"path": str(tmp_path / "s.sqlite")},
+    })
+    r1 = bp_job.run_batch_predict(job, log=lambda _m: None)
+    r2 = bp_job.run_batch_predict(job, log=lambda _m: None)
+    n_users = pd.read_parquet(day_data / "predict_x.parquet")["user_id"].nunique()
+    assert r1 == r2 and r1["users"] == n_users
+    with SQLiteRecommendationStore(tmp_path / "s.sqlite") as store:
+        (v,) = store.versions()
+        assert v.as_of == "2020-04-20" and v.model_version == r1["model_version"] and v.n_rows == n_users
+    # a prediction date before the purchases is rejected (inputs after the window end)
+    assert bp_job.main([f"checkpoint={ck}", f"data_path={day_data}", "as_of=2020-01-01",
+                        "predict.use_ray=false", f"store.path={tmp_path / 's2.sqlite'}"]) == 1
+    assert not (tmp_path / "s2.sqlite").exists()
+
+
+def test_train_daily_cli_in_process(tmp_path, capsys):
+    from rayrec.jobs import train_daily
+
+    rc = train_daily.main([
+        "data.synthetic={n_users: 20, n_items: 50, items_per_user: 3}", "data.valid_prefix=null",
+        "train.epochs=1", "model.hidden_sizes=[4,4]", "scaling.num_workers=0", f"run.storage_path={tmp_path}",
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0 and "final metrics" in out and "checkpoint_000001" in out
+    # the same run with another model: a clear error instead of a state_dict mismatch
+    assert train_daily.main([
+        "data.synthetic={n_users: 20, n_items: 50, items_per_user: 3}", "data.valid_prefix=null",
+        "train.epochs=2", "model.hidden_sizes=[8,4]", "scaling.num_workers=0", f"run.storage_path={tmp_path}",
+    ]) == 1
+    assert "holds another model config or catalog" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_daily.main(["data.synthetic={n_users: 5, n_items: 3}", "data.catalog_size=2"])
