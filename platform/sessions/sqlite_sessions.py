@@ -24,6 +24,7 @@ from rayrec.platform.sessions.base import (
     SessionStore,
     StoreLimits,
 )
+from rayrec.platform.sqlite_util import connect_wal
 
 __all__ = ["SQLiteSessionStore"]
 
@@ -85,16 +86,7 @@ class SQLiteSessionStore(SessionStore):
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self.path), timeout=self.busy_timeout_s, isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"{self.path}: could not switch to WAL journal (got {mode})")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn = connect_wal(self.path, self.busy_timeout_s, check_same_thread=False)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

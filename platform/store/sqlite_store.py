@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from rayrec.platform.sqlite_util import connect_wal
 from rayrec.platform.store.base import RecommendationStore, Recs, Row, VersionInfo
 
 __all__ = ["SQLiteRecommendationStore"]
@@ -107,15 +108,7 @@ class SQLiteRecommendationStore(RecommendationStore):
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self.path), timeout=self.busy_timeout_s, isolation_level=None
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"{self.path}: could not switch to WAL journal (got {mode})")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn = connect_wal(self.path, self.busy_timeout_s)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
