@@ -34,13 +34,19 @@ def head(tmp_path_factory):
                     "-w", str(wheel_dir), str(REPO)], check=True, capture_output=True, timeout=300)
     wheel = next(wheel_dir.glob("rayrec-*.whl"))
     port, dash = _free_port(), _free_port()
+    # the session's shared local Ray already holds the default agent ports: use free ones
+    agent_ports = [
+        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+        f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+    ]
     temp_dir = Path("/tmp") / f"rayrec-jt-{os.getpid()}"
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).parent / "ray")
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true"],
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", *agent_ports],
         env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{dash}"
