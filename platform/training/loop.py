@@ -21,8 +21,6 @@ with its weights and optimiser state.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 import time
@@ -34,17 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
-
 from rayrec.models.gru4rec import GRU4Rec, GRU4RecScorer
 from rayrec.models.losses import compute_loss
+from rayrec.models.samplers import PopularitySampler
+from torch import nn
+
 from rayrec.platform.checkpoint import load_checkpoint, save_checkpoint
 from rayrec.platform.evaluation.protocols import evaluate_next_item
 from rayrec.platform.training.config import TrainJobConfig
 from rayrec.platform.training.optim import build_optimizer
 from rayrec.platform.training.session_parallel import SessionArrays, session_parallel_batches
 from rayrec.platform.training.steps import item_counts, logq_tables
-from rayrec.models.samplers import PopularitySampler
 
 DS_SUBDIR = "deepspeed"
 DS_TAG = "engine"
@@ -337,10 +335,6 @@ def rows_to_sessions(df) -> SessionArrays:  # noqa: ANN001
     items = np.concatenate([np.asarray(x, dtype=np.int64) for x in df["items"]])
     ts = np.concatenate([np.asarray(x, dtype=np.float64) for x in df["ts"]])
     return SessionArrays(offsets, items, ts)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
 
 
 __all__ = ["train_worker", "WorkerContext", "SampledStep", "TrainingInputError", "item_counts"]

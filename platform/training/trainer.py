@@ -204,11 +204,8 @@ def _fit_ray(cfg: TrainJobConfig, train: SessionArrays, item_ids, counts, log) -
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     sc = cfg.scaling
     ds = ray.data.from_items(sessions_to_rows(train))
-    env = {"DS_ACCELERATOR": "cpu"} if not sc.use_gpu else {}
-    for k in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR"):
-        if k in os.environ:
-            env[k] = os.environ[k]
-    os.environ.update(env)
+    if not sc.use_gpu:  # DeepSpeed on CPU; workers inherit the driver's environment
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     trainer = TorchTrainer(
         train_loop_per_worker=_ray_worker,
         train_loop_config={
