@@ -19,7 +19,10 @@ implements:
 
 Input is sparse (the paper uses sparse matrix multiplication, section 3.1): a batch is
 CSR-like, ``item_idx (nnz,)``, ``days_ago (nnz,)`` and ``offsets (B+1,)``, and the first
-layer is an ``EmbeddingBag`` whose per-sample weights are the decayed inputs.  No dense
+layer is an ``EmbeddingBag`` whose per-sample weights are the decayed inputs.  With the
+parametric decay of eq. 5 it is the fused ``rayrec.ops_kernels.decayed_embedding_bag``
+(:func:`decayed_input`: Td computed inside, backend by ``RAYREC_KERNELS``); binary input and
+the learned decay of eq. 4 (whose input values need a gradient) keep ``EmbeddingBag``.  No dense
 ``(B, P)`` input or target matrix is ever built.  The output layer does produce a dense
 ``(B, P)`` block of logits in the single-process path (the weighted cross-entropy of eq. 3
 sums ``log(1 - y_hat)`` over every product); at ``P = 100k`` and ``B = 256`` that is 25.6M
@@ -56,6 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rayrec.ops_kernels import decayed_embedding_bag
 from torch import nn
 
 __all__ = [
@@ -69,6 +73,7 @@ __all__ = [
     "clip_catalog",
     "combined_cost",
     "decay_bucket",
+    "decayed_input",
     "fit_parametric_decay",
     "kl_sparsity",
     "time_decay",
@@ -344,6 +349,43 @@ def fit_parametric_decay(
     return decay
 
 
+def decayed_input(
+    weight: torch.Tensor,
+    batch: SparseBatch,
+    decay: float,
+    keep: torch.Tensor | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The first layer's ``W1 Td(XT, decay)`` of eq. 6 with eq. 5's decay: ``(B, H1)``.
+
+    Row ``b`` is ``sum_n Td(days_ago_n, decay) weight[item_n - start]`` over the row's
+    purchases with ``start <= item_n < stop`` (a row-parallel shard of ``W1``; the defaults
+    take the whole table) and ``keep_n`` (``keep (nnz,)`` bool: the masking input noise
+    ``xi``; a dropped purchase contributes exactly nothing, as a zero input value would).
+    Runs the fused ``rayrec.ops_kernels.decayed_embedding_bag`` (``RAYREC_KERNELS`` or
+    ``backend``); differentiable in ``weight``. ``decay`` is a constant (the parametric decay;
+    the learned decay of eq. 4 needs the gradient of the input values and stays an
+    ``embedding_bag`` with per-sample weights).
+    """
+    if batch.days_ago is None:
+        raise ValueError("batch.days_ago is required for the decayed input (eq. 5)")
+    item_idx, offsets, days = batch.item_idx, batch.offsets, batch.days_ago
+    sel = None
+    if start != 0 or stop is not None:
+        stop = start + weight.shape[0] if stop is None else stop
+        sel = (item_idx >= start) & (item_idx < stop)  # (nnz,) this shard's purchases
+    if keep is not None:
+        sel = keep if sel is None else sel & keep
+    if sel is not None:
+        rows = batch.row_ids()[sel]
+        offsets = torch.zeros_like(batch.offsets)
+        offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=batch.batch_size), 0)
+        item_idx, days = item_idx[sel], days[sel]
+    return decayed_embedding_bag(weight, item_idx - start, offsets, days, decay, backend=backend)
+
+
 # --------------------------------------------------------------------------------------
 # costs (eqs. 3, 6-9)
 # --------------------------------------------------------------------------------------
@@ -490,11 +532,18 @@ class DailyNN(nn.Module):
         """Sparse input -> second hidden layer ``(B, H2)`` (after dropout)."""
         batch = SparseBatch.coerce(batch).to(self.input_layer.weight.device)
         batch.validate(self.num_items, "batch", need_days=self.config.decay != "none")
-        w = self.input_weights(batch)  # (nnz,)
-        if self.training and self.config.input_noise > 0 and batch.nnz:
-            keep = torch.rand(batch.nnz, device=w.device) >= self.config.input_noise  # xi
-            w = w * keep.to(w.dtype)
-        pre1 = self.input_layer(batch.item_idx, batch.offsets, per_sample_weights=w)  # (B, H1)
+        noise = self.training and self.config.input_noise > 0 and batch.nnz
+        if self.config.decay == "parametric":  # eqs. 5-6, fused decayed embedding-bag
+            keep = None
+            if noise:
+                keep = torch.rand(batch.nnz, device=batch.item_idx.device) >= self.config.input_noise
+            pre1 = decayed_input(self.input_layer.weight, batch, self.weights.ti, keep)  # (B, H1)
+        else:
+            w = self.input_weights(batch)  # (nnz,)
+            if noise:
+                keep = torch.rand(batch.nnz, device=w.device) >= self.config.input_noise  # xi
+                w = w * keep.to(w.dtype)
+            pre1 = self.input_layer(batch.item_idx, batch.offsets, per_sample_weights=w)  # (B, H1)
         pre1 = pre1 + self.input_bias
         if self.config.decay == "learned":
             base = self.conv_act(self.conv_bias)  # Act(wb) for every product

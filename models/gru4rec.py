@@ -26,6 +26,10 @@ What this module implements, and where each piece comes from:
 - Output: ``score(h) = final_act(h Wy^T + by)``; in training only the columns of the
   mini-batch targets and the shared extra negatives are scored (seed 003 section 3.1.2,
   "sampling on the output"), so the cost is ``O(B (B + S) H)`` instead of ``O(B N H)``.
+  Serving asks for the top-K only: :meth:`GRU4Rec.topk` (the fused
+  ``rayrec.ops_kernels.topk_scores``, never the ``(B, N)`` block).
+- The GRU cell runs through the fused ``rayrec.ops_kernels.gru_step`` (its reference is the
+  torch math below; ``RAYREC_KERNELS`` picks the backend).
 - Dropout (seed 003 section 4, Table 2 "dropout"): applied to each GRU layer's output during
   training; the dropped-out activations are also what is carried as that layer's hidden state
   to the next step (as in the authors' implementations). ``dropout_p_embed`` applies to the
@@ -47,6 +51,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from rayrec.ops_kernels import gru_step, topk_scores
 from torch import nn
 
 __all__ = ["GRU4RecConfig", "GRU4Rec", "GRU4RecScorer", "SessionScorer", "build"]
@@ -215,17 +220,15 @@ class GRU4Rec(nn.Module):
                 x = F.dropout(x, self.cfg.dropout_p_embed, training=True)
         new_hidden: list[torch.Tensor] = []
         p_h = self.cfg.dropout_p_hidden if self.training else 0.0
-        for li, h in enumerate(self.layers):
+        for li in range(len(self.layers)):
             h_prev = hidden[li]  # (B, H)
             if x is None:  # one-hot input: x @ Wx0 is the item's row of Wx0
                 gx = self.Wx[li].index_select(0, items) + self.b[li]  # (B, 3H)
             else:
                 gx = torch.addmm(self.b[li], x, self.Wx[li])  # (B, 3H)
-            gh = h_prev @ self.Wrz[li]  # (B, 2H)
-            rz = torch.sigmoid(gx[:, : 2 * h] + gh)  # (B, 2H)
-            r, z = rz[:, :h], rz[:, h:]  # (B, H) each
-            cand = torch.tanh(gx[:, 2 * h :] + (r * h_prev) @ self.Wh[li])  # (B, H)
-            h_new = torch.lerp(h_prev, cand, z)  # (1 - z) h_prev + z cand, (B, H)
+            # seed 003 section 2.2: r, z = sigmoid(gx + h Wrz); c = tanh(gx_h + (r * h) Wh);
+            # h_new = (1 - z) h + z c -- the fused op (reference = exactly this torch math)
+            h_new = gru_step(gx, h_prev, self.Wrz[li], self.Wh[li])  # (B, H)
             if p_h > 0.0:
                 h_new = F.dropout(h_new, p_h, training=True)
             new_hidden.append(h_new)
@@ -258,6 +261,32 @@ class GRU4Rec(nn.Module):
             bias = None if self.By is None else self.By.index_select(0, item_idx)  # (C,)
         s = out @ w.t() if bias is None else torch.addmm(bias, out, w.t())  # (B, C)
         return self._final(s)
+
+    @torch.no_grad()
+    def topk(
+        self,
+        out: torch.Tensor,
+        k: int,
+        exclude: torch.Tensor | list[list[int]] | None = None,
+        item_mask: torch.Tensor | None = None,
+        backend: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best next items of each row without building the ``(B, N)`` scores.
+
+        Same as ``torch.topk(s, k)`` where ``s = score(out)`` (seed 003 section 3:
+        ``final_act(out Wy^T + by)``) with ``s[i, exclude[i]] = -inf`` (per-row lists, or a
+        ``(B, E)`` tensor padded with -1: e.g. the session's consumed items) and
+        ``s[:, ~item_mask] = -inf`` (``(N,)`` bool, a catalog-wide filter), computed by the fused
+        ``rayrec.ops_kernels.topk_scores`` (``RAYREC_KERNELS`` or ``backend``). Every
+        ``final_act`` is non-decreasing, so the top-K of the raw scores is a top-K of the
+        activated ones; the activation is applied to the K values. Returns ``(values (B, k)
+        float32, indices (B, k) long)``, best first; slots beyond a row's eligible items hold
+        ``-inf`` / ``-1``. Ties are broken arbitrarily.
+        """
+        vals, idx = topk_scores(out, self.Wy, k, self.By, exclude, item_mask=item_mask,
+                                backend=backend)
+        vals = torch.where(idx >= 0, self._final(vals), torch.full_like(vals, float("-inf")))
+        return vals, idx
 
 
 def _scorer(self: "GRU4Rec") -> "GRU4RecScorer":

@@ -18,6 +18,13 @@ left out of every sum/softmax below (masked, not merely down-weighted). When no 
 given, only the diagonal is excluded.
 
 All losses return the mean over the B rows.
+
+Training calls :func:`sampled_loss`: it takes the column items ``cols`` instead of a mask and
+runs BPR-max, TOP1-max and the cross-entropy through the fused op
+``rayrec.ops_kernels.sampled_ranking_loss`` (same masking, logQ and ``bpreg``; the backend
+follows ``RAYREC_KERNELS``), and the plain TOP1 / BPR of seed 003, which the op does not
+cover, through the definitions below. The functions below stay the documented definitions
+and the oracle the op is tested against.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator
+from rayrec.ops_kernels import sampled_ranking_loss
 
 __all__ = [
     "LossConfig",
@@ -38,9 +46,14 @@ __all__ = [
     "bpr_max",
     "cross_entropy",
     "compute_loss",
+    "sampled_loss",
+    "FUSED_LOSSES",
 ]
 
 LossName = Literal["top1", "bpr", "top1-max", "bpr-max", "cross-entropy"]
+
+#: The losses :func:`sampled_loss` runs through ``rayrec.ops_kernels.sampled_ranking_loss``.
+FUSED_LOSSES = ("bpr-max", "top1-max", "cross-entropy")
 
 
 class LossConfig(BaseModel):
@@ -228,3 +241,40 @@ def compute_loss(
     if name == "top1":
         return top1(scores, valid)
     raise ValueError(f"unknown loss name {name!r}")
+
+
+def sampled_loss(
+    cfg: LossConfig,
+    scores: torch.Tensor,
+    cols: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The training loss of one session-parallel step over the (B, B + S) score block.
+
+    ``cols (B + S,)``: the item of every column (``cols[:B]`` the mini-batch targets, then the
+    S shared extra negatives, seed 003 section 3.1.2 and the Top-k gains paper section 3).
+    Accidental hits are masked exactly as ``negative_mask(cols[:B], cols,
+    cfg.mask_sample_hits)``; ``log_q (B + S,)`` is the per-column log Q of the cross-entropy's
+    logQ correction (used when ``cfg.logq > 0``).
+
+    BPR-max, TOP1-max and the cross-entropy run through the fused
+    ``rayrec.ops_kernels.sampled_ranking_loss`` (``backend`` overrides ``RAYREC_KERNELS`` for
+    this call); the op equals :func:`bpr_max` / :func:`top1_max` / :func:`cross_entropy` with
+    that mask (tests/unit/test_kernels_integration.py checks losses and gradients). TOP1 and
+    BPR (seed 003 section 3.1.3) use the definitions above. Returns the mean over the B rows.
+    """
+    cols = torch.as_tensor(cols, device=scores.device).long()
+    b = scores.shape[0]
+    if cols.dim() != 1 or cols.shape[0] != scores.shape[-1] or cols.shape[0] < b:
+        raise ValueError(
+            f"cols must be (B + S,)=({scores.shape[-1]},) with the B={b} targets first, got "
+            f"{tuple(cols.shape)}"
+        )
+    if cfg.name in FUSED_LOSSES:
+        return sampled_ranking_loss(
+            scores, cfg.name, cols=cols, mask_sample_hits=cfg.mask_sample_hits,
+            bpreg=cfg.bpreg, log_q=log_q, logq=cfg.logq, backend=backend,
+        )
+    valid = negative_mask(cols[:b], cols, cfg.mask_sample_hits)  # (B, B + S)
+    return compute_loss(cfg, scores, valid, log_q)

@@ -5,7 +5,9 @@ without Serve.
 
 * :class:`SessionModel` rebuilds a session's GRU hidden state from its stored events and
   scores all items (seed 003, section 3: the network reads the session's events one by one;
-  the next-item scores are ``score(h_T)`` over the whole catalogue, as in evaluation).
+  the next-item scores are ``score(h_T)`` over the whole catalogue, as in evaluation).  The
+  scoring, the exclusions and the top-K are one fused ``rayrec.ops_kernels.topk_scores`` call
+  (``GRU4Rec.topk``); the ``(B, N)`` score matrix is never built.
 * :class:`ItemCatalog` holds the item index and item metadata (category) for the include /
   exclude filters.
 * :func:`blend` merges a session list and a daily list (seed 004's point: the session model
@@ -258,9 +260,13 @@ class SessionModel:
     @torch.no_grad()
     def score_batch(self, reqs: Sequence[ScoreRequest], popularity: Popularity | None = None
                     ) -> list[ScoreResult]:
-        """Top-K for each request: all items scored, excluded / filtered items removed."""
+        """Top-K for each request: all items scored, excluded / filtered items removed.
+
+        Scoring and top-K are fused (``GRU4Rec.topk`` -> ``rayrec.ops_kernels.topk_scores``,
+        backend by ``RAYREC_KERNELS``): the request's ``exclude`` items are the op's per-row
+        exclusion list and the category filters its ``item_mask``."""
         cat = self.catalog
-        seqs, unknown, rows = [], [], []
+        seqs, unknown = [], []
         for r in reqs:
             known = [cat.index[i] for i in r.items if i in cat.index]
             unknown.append(len(r.items) - len(known))
@@ -269,22 +275,27 @@ class SessionModel:
         live = [i for i, s in enumerate(seqs) if s]
         if live:
             h = self.final_hidden([seqs[i] for i in live])  # (B, H)
-            scores = self.model.score(h)  # (B, N)
-            rows = list(zip(live, scores))
-        for i, srow in rows:
-            r = reqs[i]
-            excl = [cat.index[x] for x in r.exclude if x in cat.index]
-            allowed = cat.allowed_mask(r.include_categories, r.exclude_categories)
-            s = srow.clone()
-            if excl:
-                s[torch.as_tensor(excl, dtype=torch.long)] = -torch.inf
-            if allowed is not None:
-                s[~allowed] = -torch.inf
-            k = min(r.k, cat.n)
-            val, idx = torch.topk(s, k)
-            keep = torch.isfinite(val)
-            results[i] = ScoreResult([cat.item_ids[j] for j in idx[keep].tolist()],
-                                     val[keep].tolist(), "session", unknown[i])
+            # one fused scoring + top-K call (rayrec.ops_kernels.topk_scores) per distinct
+            # category filter in the batch; the (B, N) score matrix is never built
+            groups: dict[tuple, list[int]] = {}
+            for row, i in enumerate(live):
+                r = reqs[i]
+                key = (tuple(sorted(r.include_categories)), tuple(sorted(r.exclude_categories)))
+                groups.setdefault(key, []).append(row)
+            for (inc, exc), grp in groups.items():
+                allowed = cat.allowed_mask(list(inc), list(exc))  # (N,) bool or None
+                excl = [[cat.index[x] for x in reqs[live[row]].exclude if x in cat.index]
+                        for row in grp]
+                kmax = max(1, max(min(reqs[live[row]].k, cat.n) for row in grp))
+                hg = h if len(grp) == len(live) else h[torch.as_tensor(grp, dtype=torch.long)]
+                vals, idx = self.model.topk(hg, kmax, exclude=excl, item_mask=allowed)  # (G, kmax)
+                for g, row in enumerate(grp):
+                    i = live[row]
+                    k = max(0, min(reqs[i].k, cat.n))
+                    v, j = vals[g, :k], idx[g, :k]
+                    keep = j >= 0  # excluded / filtered items are never returned
+                    results[i] = ScoreResult([cat.item_ids[t] for t in j[keep].tolist()],
+                                             v[keep].tolist(), "session", unknown[i])
         pop = popularity or Popularity(cat)
         for i, r in enumerate(reqs):
             if results[i] is None:

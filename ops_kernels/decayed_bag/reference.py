@@ -16,8 +16,9 @@ __all__ = ["decay_weights", "decayed_bag_reference"]
 
 
 def decay_weights(days_ago: torch.Tensor, decay: float, dtype: torch.dtype) -> torch.Tensor:
-    """Eq. 5's Td per non-zero, (nnz,)."""
-    a = days_ago.to(torch.float32)
+    """Eq. 5's Td per non-zero, (nnz,); computed in fp32, or fp64 when the ages or the
+    weights are fp64 (then exactly ``rayrec.models.daily_nn.time_decay`` in that precision)."""
+    a = days_ago.to(torch.promote_types(torch.promote_types(days_ago.dtype, dtype), torch.float32))
     td = torch.where(a >= 0, 1.0 / (1.0 + a.clamp(min=0) / decay), torch.zeros_like(a))
     return td.to(dtype)
 

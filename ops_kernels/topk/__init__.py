@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from rayrec.ops_kernels._dispatch import KernelUnavailableError, requested_backend, resolve_backend
-from rayrec.ops_kernels.topk.reference import topk_reference
+from rayrec.ops_kernels.topk.reference import finalize, topk_reference
 
 __all__ = ["pad_exclusions", "topk_scores"]
 
@@ -36,11 +36,14 @@ def topk_scores(
     exclude: torch.Tensor | Sequence[Sequence[int]] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    item_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best items of ``hidden @ weight.T + bias`` per row, never building ``(B, N)``.
 
     hidden (B, D); weight (N, D); bias (N,) or None; exclude: ``(B, E)`` long padded with
     negatives, or per-row lists (items that must not be returned, e.g. already consumed).
+    item_mask: ``(N,)`` bool or None, False = the item is never returned for any row (a
+    catalog-wide filter such as categories); it is folded into the bias as ``-inf``.
     Returns ``(values (B, k) float32, indices (B, k) long)``, best first; slots beyond a row's
     eligible items hold ``-inf`` / ``-1``. Not differentiable (serving / evaluation).
     """
@@ -68,6 +71,16 @@ def topk_scores(
         exclude = exclude.contiguous()
         if exclude.shape[1] == 0:
             exclude = None
+    if item_mask is not None:
+        item_mask = torch.as_tensor(item_mask, device=hidden.device)
+        if item_mask.dtype != torch.bool or tuple(item_mask.shape) != (n,):
+            raise ValueError(
+                f"item_mask must be a (N,)=({n},) bool tensor, got {item_mask.dtype} "
+                f"{tuple(item_mask.shape)}"
+            )
+        off = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        off = off.masked_fill(~item_mask, float("-inf"))  # (N,) 0 = allowed, -inf = never
+        bias = off if bias is None else bias.float() + off
     e = 0 if exclude is None else exclude.shape[1]
     which = resolve_backend("topk_scores", hidden.device, backend)
     if which == "triton" and k + e > MAX_TRITON_KP:
@@ -80,5 +93,7 @@ def topk_scores(
     if which == "triton":
         from rayrec.ops_kernels.topk.triton_impl import topk_triton
 
-        return topk_triton(hidden, weight, k, bias, exclude)
+        vals, idx = topk_triton(hidden, weight, k, bias, exclude)
+        # masked items score -inf: never returned (the reference's finalize does the same)
+        return finalize(vals, idx) if item_mask is not None else (vals, idx)
     return topk_reference(hidden, weight, k, bias, exclude, chunk_size)

@@ -9,7 +9,9 @@ up to the as-of date; the online service only reads them.  :func:`batch_predict`
    (``concurrency`` actors, the checkpoint loaded once per actor in ``__init__``), or in
    this process when ``use_ray`` is false;
 3. returns rows ``(user_id, item ids, probabilities)``, best first, with the user's
-   already-consumed products excluded (section 5: previous purchases are not recommended).
+   already-consumed products excluded (section 5: previous purchases are not recommended);
+   scoring, exclusion and top-K are one fused ``rayrec.ops_kernels.topk_scores`` call
+   (``RAYREC_KERNELS`` picks the backend), so no ``(B, P)`` block is built.
 
 :func:`publish_predictions` writes them as one complete version of a
 :class:`~rayrec.platform.store.RecommendationStore` tagged with the model version and the
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 from rayrec.models.daily_nn import SparseBatch
+from rayrec.ops_kernels import topk_scores
 
 from rayrec.platform.daily.config import PredictConfig
 from rayrec.platform.daily.data import UserWindows
@@ -37,6 +40,7 @@ from rayrec.platform.store import RecommendationStore, Row
 __all__ = [
     "TopKScorer",
     "batch_predict",
+    "output_table",
     "model_version_of",
     "publish_predictions",
     "user_rows",
@@ -70,6 +74,31 @@ def _to_sparse(items: Any, days: Any) -> SparseBatch:
     return SparseBatch(torch.from_numpy(flat), torch.from_numpy(offsets), torch.from_numpy(fdays))
 
 
+def _exclusions(inputs: SparseBatch) -> torch.Tensor:
+    """Each row's input products as a ``(B, E)`` long tensor padded with -1."""
+    lens = inputs.offsets[1:] - inputs.offsets[:-1]  # (B,)
+    width = int(lens.max()) if lens.numel() else 0
+    out = torch.full((inputs.batch_size, width), -1, dtype=torch.long)
+    if inputs.nnz:
+        rows = inputs.row_ids()  # (nnz,)
+        col = torch.arange(inputs.nnz) - inputs.offsets[rows]
+        out[rows, col] = inputs.item_idx
+    return out
+
+
+def output_table(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output layer of a 1-rank daily model as ``(weight (P, H2), bias (P,))``.
+
+    ``ShardedDailyNN`` stores ``W_L`` column-parallel as ``(H2, P)`` (eq. 3's output layer);
+    ``DailyNN`` as an ``nn.Linear`` ``(P, H2)``."""
+    out = getattr(model, "output", None)
+    if out is not None:
+        if getattr(model, "world_size", 1) != 1:
+            raise ValueError("batch prediction needs a 1-rank model (load_daily_model)")
+        return out.weight.t(), out.bias
+    return model.output_layer.weight, model.output_layer.bias
+
+
 class TopKScorer:
     """Ray Data class UDF: loads the checkpoint once, scores batches of user rows."""
 
@@ -82,18 +111,22 @@ class TopKScorer:
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.k = int(k)
         self.loads = 1
+        w, b = output_table(self.model)
+        self.out_weight, self.out_bias = w.detach().contiguous(), b.detach()  # (P, H2), (P,)
 
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         inputs = _to_sparse(batch["items"], batch["days"])
-        probs = torch.sigmoid(self.model.scores(self.model(inputs)))  # (B, P)
-        rows = inputs.row_ids()
-        probs[rows, inputs.item_idx] = -1.0  # already consumed: never recommended
-        k = min(self.k, probs.shape[1])
-        vals, idx = torch.topk(probs, k, dim=1)  # (B, k)
+        hidden = self.model(inputs)  # (B, H2)
+        weight, bias = self.out_weight, self.out_bias  # (P, H2), (P,)
+        k = min(self.k, weight.shape[0])
+        # eq. 3's Y_hat = Sigm(W_L A + B_L) is monotone in the logit: the top-K of the logits
+        # with the consumed products excluded, fused (never the (B, P) block), then Sigm
+        logits, idx = topk_scores(hidden, weight, k, bias, exclude=_exclusions(inputs))  # (B, k)
+        probs = torch.sigmoid(logits)
         rec_items, rec_scores = [], []
-        for v, i in zip(vals.numpy(), idx.numpy()):
-            ok = v >= 0
+        for v, i in zip(probs.numpy(), idx.numpy()):
+            ok = i >= 0  # -1: fewer than k products left after the exclusions
             rec_items.append([str(x) for x in self.item_ids[i[ok]]])
             rec_scores.append([float(x) for x in v[ok]])
         return pd.DataFrame({"user_id": batch["user_id"].astype(str).to_numpy(),

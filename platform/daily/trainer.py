@@ -55,6 +55,7 @@ from rayrec.models.daily_nn import (
     SparseBatch,
     combined_cost,
     decay_bucket,
+    decayed_input,
     kl_sparsity,
     time_decay,
 )
@@ -69,7 +70,7 @@ from rayrec.platform.daily.data import (
     load_windows,
     synthetic_windows,
 )
-from rayrec.platform.evaluation.protocols import evaluate_future_window
+from rayrec.platform.evaluation.protocols import evaluate_future_window, evaluate_future_window_topk
 from rayrec.platform.training.tensor_parallel import (
     ColumnParallelOutput,
     all_reduce_sum,
@@ -164,6 +165,12 @@ class ShardedDailyNN(nn.Module):
     def forward(self, batch: SparseBatch) -> torch.Tensor:
         """Sparse purchases -> second hidden layer ``(B, H2)``; identical on every rank."""
         batch.validate(self.num_items, "inputs", need_days=self.config.decay != "none")
+        if self.config.decay == "parametric":  # eqs. 5-6 through the fused op, this shard's rows
+            keep = None
+            if self.training and self.config.input_noise > 0 and batch.nnz:
+                keep = torch.rand(batch.nnz) >= self.config.input_noise  # xi (masking)
+            partial = decayed_input(self.input_shard, batch, self.weights.ti, keep, self.start, self.stop)
+            return self._hidden(all_reduce_sum(partial) + self.input_bias)
         w = self.input_weights(batch)  # (nnz,)
         if self.config.decay == "learned":
             # w depends on the replicated conv kernel, but each rank only uses its own
@@ -182,7 +189,9 @@ class ShardedDailyNN(nn.Module):
         if self.config.decay == "learned":
             base = copy_to_parallel(self.conv_act(self.conv_bias))  # replicated scalar
             partial = partial + base * self.input_shard.sum(dim=0)
-        pre1 = all_reduce_sum(partial) + self.input_bias
+        return self._hidden(all_reduce_sum(partial) + self.input_bias)
+
+    def _hidden(self, pre1: torch.Tensor) -> torch.Tensor:
         a1 = self.act(pre1)
         a2 = self.act(self.hidden_layer(self.dropout(a1)))
         self._means = [a1.mean(dim=0), a2.mean(dim=0)]
@@ -271,7 +280,15 @@ def evaluate_model(model: ShardedDailyNN, windows: UserWindows, ks: list[int], b
         inputs, _ = windows.batch(users)
         return model.scores(model(inputs))
 
+    def hidden_fn(users: np.ndarray) -> torch.Tensor:
+        return model(windows.batch(users)[0])
+
     try:
+        if model.world_size == 1:  # fused top-K (rayrec.ops_kernels.topk_scores), no (B, P) block
+            return evaluate_future_window_topk(
+                hidden_fn, model.output.weight.t(), model.output.bias, windows.x_lists(),
+                windows.y_lists(), ks, batch_size,
+            )
         return evaluate_future_window(
             topk_fn, windows.x_lists(), windows.y_lists(), ks, windows.n_items, batch_size
         )
@@ -376,6 +393,17 @@ def train_loop(
     if conv:
         groups.append({"params": conv, "lr": lr * cfg.optim.decay_lr_multiplier})
     opt = torch.optim.Adam(groups, lr=lr) if cfg.optim.name == "adam" else torch.optim.SGD(groups, lr=lr)
+    # the optimiser state is saved whole on one rank (in-process runs and Tune trials, where
+    # PBT restores exploited trials); sharded multi-worker runs resume with fresh moments
+    keep_optim = world == 1 and cfg.scaling.engine == "torch"
+    if restore_dir and keep_optim and ck.optim_state is not None:
+        saved = ck.optim_state
+        if len(saved.get("param_groups", [])) == len(opt.param_groups):
+            opt.load_state_dict(saved)
+            # PBT explores the learning rate: the restored state takes this config's lr
+            opt.param_groups[0]["lr"] = lr
+            if conv:
+                opt.param_groups[1]["lr"] = lr * cfg.optim.decay_lr_multiplier
     engine = None
     if cfg.scaling.engine == "deepspeed":
         import deepspeed
@@ -438,7 +466,8 @@ def train_loop(
             if rank == 0:
                 ck_dir = tempfile.mkdtemp(prefix="rayrec-daily-ck-")
                 save_checkpoint(ck_dir, state, cfg.model_dump(mode="json"), data.catalog.item_ids,
-                                None, {"epoch": epoch + 1, "metrics": _jsonable(metrics), "model": "daily_nn"})
+                                opt.state_dict() if keep_optim else None,
+                                {"epoch": epoch + 1, "metrics": _jsonable(metrics), "model": "daily_nn"})
         elif rank == 0:
             ck_dir = tempfile.mkdtemp(prefix="rayrec-daily-metrics-")
             Path(ck_dir, "metrics.json").write_text(json.dumps(_jsonable(metrics)))

@@ -5,7 +5,10 @@
   averaged over every (prefix, next item) pair.  Sessions run in session-parallel batches
   (seed 003 section 3.1.1).
 * ``future_window`` (seed 000 section 2 and 3.1): a user's input window predicts the items of a
-  later window; Precision@K (eq. 1) and PCC@K (eq. 2).
+  later window; Precision@K (eq. 1) and PCC@K (eq. 2).  Only the top-K is needed: for a model
+  with a linear output layer :func:`evaluate_future_window_topk` gets it from the fused
+  ``rayrec.ops_kernels.topk_scores`` (input items as the exclusion list); ``next_item`` and
+  ``sampled_candidates`` need the target's full rank and keep scoring every item.
 * ``sampled_candidates`` (seed 002 section 5): the target is ranked among N negatives drawn from
   the training popularity raised to ``gamma``.
 
@@ -19,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from rayrec.ops_kernels import pad_exclusions, topk_scores
 
 from rayrec.platform.evaluation.metrics import (
     RankAccumulator,
@@ -33,6 +37,7 @@ __all__ = [
     "validate_csr",
     "evaluate_next_item",
     "evaluate_future_window",
+    "evaluate_future_window_topk",
     "evaluate_sampled_candidates",
 ]
 
@@ -205,20 +210,8 @@ def evaluate_future_window(
     number of products), ``coverage@K`` (catalogue coverage), ``n_users`` and
     ``"protocol": "future_window"``.
     """
-    if len(input_items_per_user) != len(output_items_per_user):
-        raise ValueError(
-            f"input_items_per_user has {len(input_items_per_user)} users but "
-            f"output_items_per_user has {len(output_items_per_user)}"
-        )
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    ks, users = _future_window_args(input_items_per_user, output_items_per_user, ks)
     kmax = min(ks[-1], n_items)
-    users = np.array(
-        [u for u, out in enumerate(output_items_per_user) if len(out) > 0], dtype=np.int64
-    )
-    if users.size == 0:
-        raise ValueError("no user has items in the output window")
     recs: list[np.ndarray] = []
     for start in range(0, users.size, batch_size):
         ub = users[start : start + batch_size]
@@ -237,6 +230,38 @@ def evaluate_future_window(
         for r, u in enumerate(ub):
             n_allowed = n_items - np.unique(np.asarray(input_items_per_user[u])).size
             recs.append(order[r, : max(0, min(kmax, n_allowed))])
+    return _future_window_result(recs, output_items_per_user, users, ks, n_items)
+
+
+def _future_window_args(
+    input_items_per_user: Sequence[np.ndarray],
+    output_items_per_user: Sequence[np.ndarray],
+    ks: Sequence[int],
+) -> tuple[list[int], np.ndarray]:
+    """Sorted cut-offs and the users with a non-empty output window (checked)."""
+    if len(input_items_per_user) != len(output_items_per_user):
+        raise ValueError(
+            f"input_items_per_user has {len(input_items_per_user)} users but "
+            f"output_items_per_user has {len(output_items_per_user)}"
+        )
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    users = np.array(
+        [u for u, out in enumerate(output_items_per_user) if len(out) > 0], dtype=np.int64
+    )
+    if users.size == 0:
+        raise ValueError("no user has items in the output window")
+    return ks, users
+
+
+def _future_window_result(
+    recs: list[np.ndarray],
+    output_items_per_user: Sequence[np.ndarray],
+    users: np.ndarray,
+    ks: list[int],
+    n_items: int,
+) -> dict:
     relevant = [np.asarray(output_items_per_user[u]) for u in users]
     out: dict[str, Any] = {}
     for k in ks:
@@ -246,6 +271,45 @@ def evaluate_future_window(
     out["n_users"] = int(users.size)
     out["protocol"] = "future_window"
     return out
+
+
+def evaluate_future_window_topk(
+    hidden_fn: Callable[[np.ndarray], torch.Tensor],
+    item_weight: torch.Tensor,
+    item_bias: torch.Tensor | None,
+    input_items_per_user: Sequence[np.ndarray],
+    output_items_per_user: Sequence[np.ndarray],
+    ks: Sequence[int],
+    batch_size: int = 1024,
+    backend: str | None = None,
+) -> dict:
+    """:func:`evaluate_future_window` for a model whose item scores are
+    ``hidden @ item_weight.T + item_bias`` (the daily model's eq. 3 logits, before the
+    monotone sigmoid), without the ``(U_b, n_items)`` score matrix.
+
+    ``hidden_fn(users)`` gets user row indices (U_b,) int64 and returns ``(U_b, H)``;
+    ``item_weight`` is ``(n_items, H)``, ``item_bias`` ``(n_items,)`` or None. The top-K with
+    each user's input-window items excluded is the fused ``rayrec.ops_kernels.topk_scores``
+    (``backend`` or ``RAYREC_KERNELS``). Same metrics and result keys as
+    :func:`evaluate_future_window`; the one difference is the order among exactly tied
+    scores (arbitrary here, lower index first there).
+    """
+    ks, users = _future_window_args(input_items_per_user, output_items_per_user, ks)
+    n_items = int(item_weight.shape[0])
+    kmax = min(ks[-1], n_items)
+    recs: list[np.ndarray] = []
+    for start in range(0, users.size, batch_size):
+        ub = users[start : start + batch_size]
+        h = hidden_fn(ub)
+        if h.dim() != 2 or h.shape[0] != ub.size:
+            raise ValueError(f"hidden_fn returned shape {tuple(h.shape)}, expected ({ub.size}, H)")
+        if not bool(torch.isfinite(h).all()):
+            raise ValueError("hidden_fn returned non-finite values")  # the dense path rejects NaN too
+        excl = pad_exclusions([np.asarray(input_items_per_user[u]).tolist() for u in ub])
+        _, idx = topk_scores(h, item_weight, kmax, item_bias, excl, backend=backend)  # (U_b, kmax)
+        for row in idx.cpu().numpy():
+            recs.append(row[row >= 0])  # -1: fewer than kmax items left after the exclusions
+    return _future_window_result(recs, output_items_per_user, users, ks, n_items)
 
 
 def evaluate_sampled_candidates(

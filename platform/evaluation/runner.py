@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from rayrec.models import registry
+
 from rayrec.platform import data
 from rayrec.platform.evaluation.protocols import evaluate_next_item
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from rayrec.models.gru4rec import GRU4Rec, GRU4RecScorer
-from rayrec.models.losses import compute_loss
+from rayrec.models.losses import sampled_loss
 from rayrec.models.samplers import PopularitySampler
 from torch import nn
 
@@ -237,13 +237,10 @@ def train_worker(cfg: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
             else:
                 smp, cols = None, y
             scores, new_hidden = forward(x, hidden, cols)  # (B, B + S)
-            valid = cols.unsqueeze(0) != y.unsqueeze(1)  # (B, B + S)
-            if smp is not None and not lc.mask_sample_hits:
-                valid[:, b:] = True
             log_q = None
             if use_logq:
                 log_q = lq_t[y] if smp is None else torch.cat([lq_t[y], lq_s[smp]])
-            loss = compute_loss(lc, scores.float(), valid, log_q)
+            loss = sampled_loss(lc, scores.float(), cols, log_q)  # hits masked from cols
             if not real:
                 loss = loss * 0.0
             if engine is not None:

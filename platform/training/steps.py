@@ -7,7 +7,9 @@ output of section 3.1.2 extended by the shared extra negatives of the Top-k gain
    state to ``keep`` and zero the rows that start a new session;
 2. one GRU step; score only the B target columns plus S extra negatives drawn from
    popularity^alpha (shared by all rows), giving the (B, B + S) score block;
-3. mask accidental hits, compute the loss, backpropagate, optimiser step;
+3. mask accidental hits, compute the loss (``rayrec.models.losses.sampled_loss``: the fused
+   ``rayrec.ops_kernels.sampled_ranking_loss`` for BPR-max / TOP1-max / cross-entropy,
+   dispatched by ``RAYREC_KERNELS``), backpropagate, optimiser step;
 4. detach the hidden state (truncated back-propagation of one step, as in the paper).
 
 The logQ correction of the cross-entropy uses, for every column, the log of the expected
@@ -31,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from rayrec.models.gru4rec import GRU4Rec, GRU4RecScorer
-from rayrec.models.losses import LossConfig, compute_loss
+from rayrec.models.losses import LossConfig, sampled_loss
 from rayrec.models.samplers import PopularitySampler
 
 from rayrec.platform.training.session_parallel import (
@@ -145,13 +147,11 @@ def train_epoch(
             smp = None
             cols = y
         scores = model.score(out, cols)  # (B, B + S)
-        valid = cols.unsqueeze(0) != y.unsqueeze(1)  # (B, B + S) accidental hits excluded
-        if smp is not None and not loss_cfg.mask_sample_hits:
-            valid[:, b:] = True
         log_q = None
         if use_logq:
             log_q = lq_t[y] if smp is None else torch.cat([lq_t[y], lq_s[smp]])  # (B + S,)
-        loss = compute_loss(loss_cfg, scores, valid, log_q)
+        # accidental hits (cols[j] == y[i]) are masked inside; fused op per RAYREC_KERNELS
+        loss = sampled_loss(loss_cfg, scores, cols, log_q)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

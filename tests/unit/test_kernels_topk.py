@@ -123,3 +123,32 @@ def test_triton_limits_and_empty():
     v, i = topk_scores(h, w, 8, bias, excl, backend="triton")
     ev, ei = _oracle(h, w, 8, bias, excl)
     assert torch.equal(i, ei) and i[0, 4:].tolist() == [-1] * 4
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_item_mask_never_returns_masked_items(backend, with_bias):
+    """``item_mask`` (N,) False = never returned (serving's category filters): the oracle sets
+    those columns to -inf; rows with fewer than k allowed items end in -inf / -1."""
+    b, n, d, k = 4, 30, 6, 12
+    h, w, bias = _inputs(b, n, d)
+    bias = bias if with_bias else None
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.arange(1, n, 2)] = True  # 15 allowed
+    excl = [[1, 3, 5, 7], [], [2, 4], [9]]  # row 0: 11 allowed and not excluded < k
+    s = h @ w.t() + (bias if bias is not None else 0.0)
+    s[:, ~mask] = float("-inf")
+    for i, row in enumerate(excl):
+        s[i, row] = float("-inf")
+    ev, ei = s.topk(k, dim=1)
+    ei = ei.masked_fill(ev == float("-inf"), -1)
+    v, i = topk_scores(h, w, k, bias, excl, backend=backend, item_mask=mask)
+    assert torch.equal(i, ei)
+    assert i[0, 11:].tolist() == [-1] and torch.isinf(v[0, 11:]).all()
+    assert mask[i[i >= 0]].all()
+    fin = ei >= 0
+    torch.testing.assert_close(v[fin], ev[fin], rtol=1e-5, atol=1e-5 * float(ev[fin].abs().max()))
+    with pytest.raises(ValueError, match="item_mask must be"):
+        topk_scores(h, w, k, bias, item_mask=mask[:-1])
+    with pytest.raises(ValueError, match="item_mask must be"):
+        topk_scores(h, w, k, bias, item_mask=mask.float())
