@@ -275,10 +275,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--as-of", required=True, help="YYYY-MM-DD: the day the recommendations are for")
     p.add_argument("--compare", action="store_true", help="run the seed's comparison table instead")
     p.add_argument("--seeds", default="0,1,2", help="--compare: comma-separated seeds to average")
+    p.add_argument("--only", choices=["preprocess"], default=None,
+                   help="preprocess: write <work_dir>/<as-of>/data and stop (e.g. before rayrec.jobs.tune)")
     args = p.parse_args(_cli.argv_or_sys(argv))
     cfg = _cli.load(DailyJobConfig, args, "daily")
     try:
-        if args.compare:
+        if args.only == "preprocess":
+            as_of = parse_as_of(args.as_of)
+            day_dir = Path(cfg.work_dir).resolve() / as_of.isoformat()
+            day_dir.mkdir(parents=True, exist_ok=True)
+            preprocess_for_date(cfg, as_of, day_dir, print)
+            print(f"wrote {day_dir / 'data'}")
+        elif args.compare:
             from rayrec.platform.daily.evaluate import table_markdown
 
             seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]

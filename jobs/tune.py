@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if cfg.final_train_split and cfg.final_test_split:
         out = Path(summary["best_config_yaml"]).parent
-        final = final_evaluation(summary["best_config_yaml"], cfg.final_train_split, cfg.final_test_split, str(out))
+        final = final_evaluation(summary["best_config_yaml"], cfg.final_train_split, cfg.final_test_split, str(out),
+                                 epochs=cfg.final_epochs)
         summary["final"] = final
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         print(f"final ({cfg.final_train_split} -> {cfg.final_test_split}, evaluated once): "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,9 @@ class TuneJobConfig(StrictModel):
     final_train_split: str | None = "train_full"
     final_test_split: str | None = "test"
     """After the search: retrain the best config on this split, evaluate once on the test split."""
+    final_epochs: int | None = Field(None, ge=1)
+    """``train.epochs`` of the final retrain (None: the trials' epochs). Short trials rank
+    configurations; the winner is then trained as long as the default config is."""
 
     @model_validator(mode="after")
     def _check(self) -> TuneJobConfig:
@@ -79,6 +83,24 @@ class TuneJobConfig(StrictModel):
 
 REPORTED = {"loss", "epoch", "fitness", "recall@5", "recall@10", "recall@20", "mrr@5", "mrr@10", "mrr@20",
             "ndcg@20", "hit@20", "events_per_s", "train_events"}
+DAILY_REPORTED = {"loss", "train_loss", "epoch", "fitness", "examples_per_s", "valid_n_users"}
+
+
+def is_daily(base: dict[str, Any]) -> bool:
+    """Whether the base config trains the daily model (``model.name: daily_nn``)."""
+    model = base.get("model")
+    return isinstance(model, dict) and model.get("name") == "daily_nn"
+
+
+def config_class(base: dict[str, Any]) -> type:
+    """The training config a trial validates into: the daily model's or the session models'."""
+    if is_daily(base):
+        from rayrec.platform.daily.config import DailyTrainJobConfig
+
+        return DailyTrainJobConfig
+    from rayrec.platform.training.config import TrainJobConfig
+
+    return TrainJobConfig
 
 
 def base_dict(cfg: TuneJobConfig) -> dict[str, Any]:
@@ -86,19 +108,35 @@ def base_dict(cfg: TuneJobConfig) -> dict[str, Any]:
     data = apply_overrides(data, cfg.base_overrides)
     # trials run the loop in-process; paths absolute for the trial processes
     data = apply_overrides(data, {"scaling.num_workers": 0})
+    # one torch thread per CPU the trial holds: the base config's cpus_per_worker (2 for a
+    # lone run) would put 2 OpenMP threads per trial on max_concurrent trials and oversubscribe
+    # the cores; spinning OpenMP workers then slow every trial several-fold
+    data = apply_overrides(data, {"scaling.torch_threads": max(1, int(cfg.cpus_per_trial))})
     path = data.get("data", {}).get("path")
     if path and "://" not in path:
         data["data"]["path"] = os.path.abspath(path)
+    if is_daily(data):  # PBT restores from the trial's checkpoints
+        data = apply_overrides(data, {"run.checkpoint": True})
     return data
 
 
 def preflight(cfg: TuneJobConfig) -> dict[str, Any]:
     """Reject bad spaces/metrics before any trial starts (each names the key)."""
-    from rayrec.platform.training.config import TrainJobConfig
-
     base = base_dict(cfg)
-    check_space_keys(base, cfg.space, TrainJobConfig)
-    tcfg = make_train_config(base, {})
+    cls = config_class(base)
+    check_space_keys(base, cfg.space, cls)
+    tcfg = make_train_config(base, {}, cls)
+    if is_daily(base):
+        if not tcfg.data.valid_prefix:
+            raise ConfigError("base config: data.valid_prefix is required (tuning objectives use the "
+                              "validation windows, shifted back one month)")
+        if cfg.final_train_split:
+            raise ConfigError("final_train_split: the daily model is evaluated on its test windows by "
+                              "`rayrec.jobs.daily --compare`; set final_train_split: null")
+        ks = tcfg.train.ks
+        metrics = DAILY_REPORTED | {f"valid_{m}@{k}" for m in ("precision", "pcc", "coverage") for k in ks}
+        _check_metrics(cfg, metrics)
+        return base
     if not tcfg.data.valid_split:
         raise ConfigError("base config: data.valid_split is required (tuning objectives use the validation split)")
     if tcfg.data.valid_split == cfg.final_test_split:
@@ -107,10 +145,14 @@ def preflight(cfg: TuneJobConfig) -> dict[str, Any]:
             "validation split (e.g. train_tr -> train_valid) so the test split is touched once"
         )
     metrics = REPORTED | {f"{m}@{k}" for m in ("recall", "mrr", "ndcg", "hit") for k in tcfg.train.cutoffs}
+    _check_metrics(cfg, metrics)
+    return base
+
+
+def _check_metrics(cfg: TuneJobConfig, metrics: set[str]) -> None:
     for name, m in (("metric", cfg.metric), ("accuracy_metric", cfg.accuracy_metric)):
         if m not in metrics:
             raise ConfigError(f"{name}: the trainable never reports {m!r}; it reports {sorted(metrics)}")
-    return base
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -123,6 +165,8 @@ def trainable(config: dict[str, Any]) -> None:
 
     meta = config["__rayrec__"]
     point = {k: v for k, v in config.items() if k != "__rayrec__"}
+    if is_daily(meta["base"]):
+        return _daily_trainable(meta, point)
     cfg = make_train_config(meta["base"], point)
     root = cfg.data.path
     item_ids = data.load_items(root)["item_id"].astype(str).tolist()
@@ -143,6 +187,33 @@ def trainable(config: dict[str, Any]) -> None:
     ctx = WorkerContext(0, 1, report, restore, train, valid, item_ids,
                         item_counts(train, len(item_ids)), lambda _m: None)
     train_worker(cfg, ctx)
+
+
+def _daily_trainable(meta: dict[str, Any], point: dict[str, Any]) -> None:
+    """A daily-model trial (seed 000): the in-process loop, validation windows every epoch."""
+    from ray import tune
+
+    from rayrec.platform.daily.config import DailyTrainJobConfig
+    from rayrec.platform.daily.trainer import load_daily_data, train_loop
+
+    cfg = make_train_config(meta["base"], point, DailyTrainJobConfig)
+    data = load_daily_data(cfg, with_valid=True)
+    restore = None
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        restore = tempfile.mkdtemp(prefix="rayrec-tune-restore-")
+        ck.to_directory(restore)
+    acc_key = meta["accuracy_metric"]
+
+    def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
+        out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        out["loss"] = out["train_loss"]
+        out["fitness"] = fitness(out.get(acc_key, 0.0), out["loss"])
+        tune.report(out, checkpoint=tune.Checkpoint.from_directory(ck_dir) if ck_dir else None)
+        if ck_dir:  # report() has copied it into the trial's storage
+            shutil.rmtree(ck_dir, ignore_errors=True)
+
+    train_loop(cfg, 0, 1, report, data, restore, log=lambda _m: None)
 
 
 def _tune_domain(gene: Any):
@@ -171,7 +242,8 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
     init_ray(None, None)
     meta = {"base": base, "accuracy_metric": cfg.accuracy_metric}
     storage = cfg.run.storage_path if "://" in cfg.run.storage_path else os.path.abspath(cfg.run.storage_path)
-    epochs = make_train_config(base, {}).train.epochs
+    cls = config_class(base)
+    epochs = make_train_config(base, {}, cls).train.epochs
     param_space: dict[str, Any] = {"__rayrec__": meta}
     search_alg = None
     scheduler = None
@@ -233,7 +305,7 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
         trials.append({"trial": Path(r.path).name, "config": {k: v for k, v in r.config.items() if k != "__rayrec__"},
                        **{k: r.metrics.get(k) for k in ("epoch", cfg.metric, cfg.accuracy_metric, "loss")}})
     out_dir = Path(storage) / cfg.run.name
-    best_cfg = make_train_config(base, best_point)
+    best_cfg = make_train_config(base, best_point, cls)
     best_yaml = out_dir / "best_config.yaml"
     best_yaml.write_text(yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
     summary = {"method": cfg.method, "n_trials": len(trials), "best_point": best_point,
@@ -248,15 +320,18 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
     return summary
 
 
-def final_evaluation(best_yaml: str, train_split: str, test_split: str, storage: str, log=print) -> dict[str, Any]:
-    """Retrain the best config on ``train_split`` and evaluate it ONCE on ``test_split``."""
+def final_evaluation(best_yaml: str, train_split: str, test_split: str, storage: str, log=print,
+                     epochs: int | None = None) -> dict[str, Any]:
+    """Retrain the best config on ``train_split`` (for ``epochs``, default as in the YAML) and
+    evaluate it ONCE on ``test_split``."""
     from rayrec.platform.training.config import TrainJobConfig
     from rayrec.platform.training.trainer import fit
 
     cfg = load_config(TrainJobConfig, best_yaml, [f"data.train_split={train_split}",
                                                   f"data.valid_split={test_split}",
                                                   f"run.storage_path={storage}", "run.name=final",
-                                                  "scaling.num_workers=0", "train.eval_every=1000000"])
+                                                  "scaling.num_workers=0", "train.eval_every=1000000",
+                                                  *([f"train.epochs={epochs}"] if epochs else [])])
     res = fit(cfg, log=log)
     return {k: v for k, v in res.metrics.items() if isinstance(v, (int, float, str))}
 

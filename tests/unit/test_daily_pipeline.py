@@ -209,6 +209,40 @@ def test_fit_daily_in_process_checkpoints_every_epoch_and_resumes(day_data, tmp_
     assert again.history == [] and again.checkpoint_dir == res.checkpoint_dir
 
 
+def test_resume_restores_adam_state_exactly_and_takes_a_new_lr(day_data, tmp_path):
+    """PBT restores need the optimiser's moments: resuming from epoch 1 gives the same epoch-2
+    loss as the uninterrupted run; a restored run under a new lr trains with that lr."""
+    import shutil
+
+    from rayrec.platform.checkpoint import load_checkpoint
+
+    common = [f"data.path={day_data}", "train.batch_size=8", "optim.lr=0.01", "model.hidden_sizes=[16,8]",
+              "model.decay=learned", "run.keep_checkpoints=5", "model.dropout=0.0"]
+    full = fit_daily(load_config(DailyTrainJobConfig, None, [*common, "train.epochs=2",
+                                                             f"run.storage_path={tmp_path / 'a'}"]),
+                     log=lambda _m: None)
+    ck1 = tmp_path / "a" / "daily_nn" / "checkpoint_000001"
+    optim = load_checkpoint(ck1).optim_state
+    assert optim is not None and optim["state"], "the checkpoint must hold Adam's moments"
+    # a second run that starts from the epoch-1 checkpoint only
+    (tmp_path / "b" / "daily_nn").mkdir(parents=True)
+    shutil.copytree(ck1, tmp_path / "b" / "daily_nn" / "checkpoint_000001")
+    resumed = fit_daily(load_config(DailyTrainJobConfig, None, [*common, "train.epochs=2",
+                                                                f"run.storage_path={tmp_path / 'b'}"]),
+                        log=lambda _m: None)
+    assert [h["epoch"] for h in resumed.history] == [2]
+    assert resumed.history[0]["train_loss"] == pytest.approx(full.history[1]["train_loss"], rel=1e-6)
+    # under another lr the continuation differs (the new lr is used, not the saved one)
+    (tmp_path / "c" / "daily_nn").mkdir(parents=True)
+    shutil.copytree(ck1, tmp_path / "c" / "daily_nn" / "checkpoint_000001")
+    other = fit_daily(load_config(DailyTrainJobConfig, None, [*common[:2], "optim.lr=0.05", *common[3:],
+                                                              "train.epochs=2", f"run.storage_path={tmp_path / 'c'}"]),
+                      log=lambda _m: None)
+    assert other.history[0]["train_loss"] != pytest.approx(full.history[1]["train_loss"], rel=1e-6)
+    lr = load_checkpoint(other.checkpoint_dir).optim_state["param_groups"][0]["lr"]
+    assert lr == 0.05
+
+
 def test_fit_daily_catalog_too_large(day_data, tmp_path):
     cfg = load_config(DailyTrainJobConfig, None, [f"data.path={day_data}", "data.catalog_size=100000",
                                                   f"run.storage_path={tmp_path}"])

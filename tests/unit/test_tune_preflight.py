@@ -47,3 +47,44 @@ def test_sampled_point_becomes_validated_config():
     assert cfg.optim.lr == 0.05 and cfg.model.layers == (64, 100)
     with pytest.raises(ConfigError, match="optim.lr"):
         make_train_config(base, {"optim.lr": -1.0})
+
+
+def _daily_cfg(*extra):
+    return load_config(TuneJobConfig, REPO / "jobs/configs/tune_daily_ml100k_pbt.yaml",
+                       [f"base_config={REPO / 'jobs/configs/daily_ml100k_train.yaml'}", *extra])
+
+
+def test_shipped_daily_pbt_config_passes_preflight():
+    from rayrec.platform.daily.config import DailyTrainJobConfig
+    from rayrec.platform.tuning.run import config_class
+
+    cfg = _daily_cfg()
+    base = preflight(cfg)
+    assert config_class(base) is DailyTrainJobConfig
+    t = make_train_config(base, {"optim.lr": 0.003}, DailyTrainJobConfig)
+    assert t.optim.lr == 0.003 and t.scaling.num_workers == 0 and t.run.checkpoint
+    assert t.data.valid_prefix == "valid_test"
+    # one torch thread per trial (cpus_per_trial 0.5 -> 1): no OpenMP oversubscription
+    assert t.scaling.torch_threads == 1
+
+
+def test_daily_metric_never_reported_names_it():
+    with pytest.raises(ConfigError, match="never reports 'recall@20'"):
+        preflight(_daily_cfg("metric=recall@20"))
+
+
+def test_daily_space_key_checked_against_the_daily_config():
+    with pytest.raises(ConfigError, match=r"model\.layers.*DailyTrainJobConfig"):
+        preflight(_daily_cfg("space={model.layers: {type: layers, sizes: [64]}}"))
+
+
+def test_daily_without_validation_windows_is_refused():
+    with pytest.raises(ConfigError, match="valid_prefix"):
+        preflight(_daily_cfg("base_overrides=[data.valid_prefix=null]"))
+
+
+def test_trial_threads_follow_cpus_per_trial():
+    base = preflight(_cfg("cpus_per_trial=2"))
+    assert make_train_config(base, {}).scaling.torch_threads == 2
+    base = preflight(_cfg("cpus_per_trial=1"))
+    assert make_train_config(base, {}).scaling.torch_threads == 1
