@@ -14,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_FAST := -m "not slow and not gpu" -q -p no:randomly --timeout=900 -ra
 
-.PHONY: setup demo test test-slow test-all bench lint clean cluster-demo
+.PHONY: wheel setup demo test test-slow test-all bench lint clean cluster-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ lint: setup
 clean:
 	rm -rf outputs runs .pytest_cache
 
-# A local Ray head, jobs through `ray job submit` with the rayrec wheel, stopped at the end.
-cluster-demo: setup
+# The rayrec wheel (dist/rayrec-*.whl, for `pip install --no-deps` on cluster nodes) and its
+# unpacked package (dist/pkg/rayrec, for `ray job submit --runtime-env-json
+# '{"py_modules": ["dist/pkg/rayrec"]}'`). A .whl in py_modules is pip-installed by Ray WITH
+# its dependencies (minutes, GBs, and a CUDA torch ahead of the cluster's pinned one).
+wheel: setup
+	rm -rf dist && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	$(PY) -c "import glob, zipfile; zipfile.ZipFile(glob.glob('dist/rayrec-*.whl')[0]).extractall('dist/pkg')"
+
+# A local Ray head, jobs through `ray job submit` with the packaged code, serve deploy, a
+# query, and the head stopped at the end.
+cluster-demo: wheel
 	bash scripts/cluster_demo.sh

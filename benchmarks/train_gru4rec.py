@@ -44,8 +44,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
-
     from rayrec.models.gru4rec import GRU4Rec
+
     from rayrec.platform import data
     from rayrec.platform.config import load_config
     from rayrec.platform.training.config import TrainJobConfig

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import Field
-
 from rayrec.jobs import _cli
+
 from rayrec.platform.config import StrictModel
 
 REPO_DATA = Path("../shared/data/rsc15-100k")
@@ -104,7 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.serve and cfg.train_gru4rec and results.get("gru4rec"):
         _step("5/5 Ray Serve: the session recommender on the trained checkpoint")
         from ray import serve
-
         from rayrec.serve_apps.recommender import demo_request
 
         run_dir = str((out / "runs" / "demo-gru4rec").resolve())

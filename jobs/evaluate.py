@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-
 from rayrec.jobs import _cli
+
 from rayrec.platform.config import StrictModel
 
 

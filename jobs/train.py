@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rayrec.jobs import _cli
+
 from rayrec.platform.training.config import TrainJobConfig
 
 CONFIGS = Path(__file__).parent / "configs"

@@ -15,12 +15,21 @@ import pandas as pd
 
 
 def load_trials(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """Per trial, every reported epoch in the order it happened: the trainable's own
+    ``rayrec_history.jsonl`` when present (complete across PBT restores, which rewrite Tune's
+    ``result.json``), else ``result.json``."""
     out = {}
-    for res in sorted(run_dir.glob("*/result.json")):
-        rows = [json.loads(line) for line in res.read_text().splitlines() if line.strip()]
+    for trial in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        hist, res = trial / "rayrec_history.jsonl", trial / "result.json"
+        src = hist if hist.is_file() else res
+        if not src.is_file():
+            continue
+        rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
         if rows:
             df = pd.json_normalize(rows)
-            out[res.parent.name] = df
+            if "time" in df:
+                df = df.sort_values("time", kind="stable").reset_index(drop=True)
+            out[trial.name] = df
     return out
 
 
@@ -44,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     has_lr = any(lr_key in df and df[lr_key].nunique() > 1 for df in trials.values())
     fig, axes = plt.subplots(1, 2 if has_lr else 1, figsize=(12 if has_lr else 7, 4.5), squeeze=False)
     for name, df in trials.items():
-        x = df["training_iteration"] if "training_iteration" in df else range(len(df))
+        x = df["epoch"] if "epoch" in df else (df["training_iteration"] if "training_iteration" in df
+                                                 else range(len(df)))
         if args.metric in df:
             axes[0][0].plot(x, df[args.metric], marker="o", ms=3, label=name[-20:])
         if has_lr and lr_key in df:

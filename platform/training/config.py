@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
-
 from rayrec.models.gru4rec import GRU4RecConfig
 from rayrec.models.losses import LossConfig
+
 from rayrec.platform.config import StrictModel
 from rayrec.platform.training.optim import OptimConfig
 
@@ -45,9 +45,25 @@ class ScalingConfig_(StrictModel):
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = Field(0, ge=0, le=3)
     bf16: bool = False
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray Train's placement of the worker group: PACK (Ray's default) fills nodes one by one;
+    STRICT_SPREAD puts every worker on a different node (the run fails to schedule when the
+    cluster has fewer nodes than workers)."""
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    """Custom resources each worker needs besides ``cpus_per_worker`` (and 1 GPU with
+    ``use_gpu``), e.g. ``{trainer: 1}`` to keep workers on nodes that offer ``trainer``."""
 
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig_:
+        reserved = {"CPU", "GPU", "memory", "object_store_memory"} & set(self.resources_per_worker)
+        if reserved:
+            raise ValueError(
+                f"scaling.resources_per_worker: {sorted(reserved)} are set by cpus_per_worker / "
+                "use_gpu; list custom resources only"
+            )
+        bad = {k: v for k, v in self.resources_per_worker.items() if not v > 0}
+        if bad:
+            raise ValueError(f"scaling.resources_per_worker: amounts must be > 0, got {bad}")
         if self.bf16 and not self.use_gpu:
             raise ValueError("scaling.bf16 needs scaling.use_gpu=true (CPU training runs in fp32)")
         if self.zero_stage and self.engine != "deepspeed":

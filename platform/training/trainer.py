@@ -215,7 +215,9 @@ def _fit_ray(cfg: TrainJobConfig, train: SessionArrays, item_ids, counts, log) -
         },
         scaling_config=ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})},
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {}),
+                                  **sc.resources_per_worker},
+            placement_strategy=sc.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         run_config=RunConfig(

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,14 +180,38 @@ def trainable(config: dict[str, Any]) -> None:
         ck.to_directory(restore)
     acc_key = meta["accuracy_metric"]
 
+    history = _history_writer(point)
+
     def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
         out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         out["fitness"] = fitness(out.get(acc_key, 0.0), out["loss"])
+        history(out)
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(ck_dir) if ck_dir else None)
 
     ctx = WorkerContext(0, 1, report, restore, train, valid, item_ids,
                         item_counts(train, len(item_ids)), lambda _m: None)
     train_worker(cfg, ctx)
+
+
+HISTORY_FILE = "rayrec_history.jsonl"
+
+
+def _history_writer(point: dict[str, Any]):
+    """Appends every reported epoch, with the hyper-parameters it ran under, to
+    ``<trial dir>/rayrec_history.jsonl``.  Tune rewrites a PBT trial's ``result.json`` when it
+    restores it from another trial's checkpoint (rows go missing); this file keeps the whole
+    sequence, so the learning-rate schedule PBT found can be plotted as it happened."""
+    from ray import tune
+
+    path = Path(tune.get_context().get_trial_dir()) / HISTORY_FILE
+    hp = {k: v for k, v in point.items() if isinstance(v, (int, float, str))}
+
+    def write(metrics: dict[str, Any]) -> None:
+        row = {"time": time.time(), **metrics, **{f"config.{k}": v for k, v in hp.items()}}
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    return write
 
 
 def _daily_trainable(meta: dict[str, Any], point: dict[str, Any]) -> None:
@@ -204,11 +229,13 @@ def _daily_trainable(meta: dict[str, Any], point: dict[str, Any]) -> None:
         restore = tempfile.mkdtemp(prefix="rayrec-tune-restore-")
         ck.to_directory(restore)
     acc_key = meta["accuracy_metric"]
+    history = _history_writer(point)
 
     def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
         out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         out["loss"] = out["train_loss"]
         out["fitness"] = fitness(out.get(acc_key, 0.0), out["loss"])
+        history(out)
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(ck_dir) if ck_dir else None)
         if ck_dir:  # report() has copied it into the trial's storage
             shutil.rmtree(ck_dir, ignore_errors=True)
@@ -227,7 +254,27 @@ def _tune_domain(gene: Any):
         return tune.randint(gene.low, gene.high + 1)
     if gene.type == "choice":
         return tune.choice(gene.values)
+    combos = _layer_combos(gene)
+    if combos is not None:  # a choice, so the search's seeded random state draws it too
+        return tune.choice(combos)
     return tune.sample_from(lambda _spec, g=gene: g.sample(__import__("numpy").random.default_rng()))
+
+
+def _layer_combos(gene: Any, limit: int = 20_000) -> list[list[int]] | None:
+    """Every layer list of a ``layers`` gene, repeated so that a uniform choice over the list
+    has ``LayersGene.sample``'s distribution (depth uniform, then each size uniform); None when
+    the list would exceed ``limit`` entries."""
+    import itertools
+
+    s = len(gene.sizes)
+    depths = range(gene.min_layers, gene.max_layers + 1)
+    if sum(s ** gene.max_layers for _ in depths) > limit:
+        return None
+    out: list[list[int]] = []
+    for n in depths:
+        for combo in itertools.product(gene.sizes, repeat=n):
+            out.extend([list(combo)] * s ** (gene.max_layers - n))
+    return out
 
 
 def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
@@ -259,7 +306,11 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
 
         param_space.update({k: _t.grid_search(g.values) for k, g in cfg.space.items()})
     else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
         param_space.update({k: _tune_domain(g) for k, g in cfg.space.items()})
+        if cfg.method in ("random", "asha", "pbt", "pb2"):  # seeded initial draws: same config, same trials
+            search_alg = BasicVariantGenerator(random_state=cfg.seed)
     if cfg.method == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
     max_concurrent = cfg.max_concurrent

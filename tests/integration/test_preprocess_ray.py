@@ -6,7 +6,6 @@ import filecmp
 import json
 
 import pandas as pd
-import pytest
 
 from rayrec.platform.config import load_config
 from rayrec.platform.preprocessing.config import PreprocessJobConfig

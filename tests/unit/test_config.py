@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from rayrec.platform.config import ConfigError, apply_overrides, load_config, parse_override
 from rayrec.platform.preprocessing.config import PreprocessJobConfig
@@ -46,7 +47,7 @@ def test_config_is_frozen_and_yaml_file_precedence(tmp_path):
     f.write_text("source: {format: movielens, path: u.data}\nsplit: {test_days: 3}\n")
     cfg = load_config(PreprocessJobConfig, f, ["split.test_days=4"])
     assert cfg.split.test_days == 4 and cfg.source.format == "movielens"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.split.test_days = 1  # type: ignore[misc]
 
 

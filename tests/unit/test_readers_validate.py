@@ -16,7 +16,7 @@ HEADER = "SessionId\tItemId\tTime\n"
 
 def _tsv(tmp_path, lines, name="clicks.tsv"):
     p = tmp_path / name
-    p.write_bytes((HEADER + "".join(l + "\n" for l in lines)).encode("utf-8") if isinstance(lines[0], str) else lines)
+    p.write_bytes((HEADER + "".join(ln + "\n" for ln in lines)).encode("utf-8") if isinstance(lines[0], str) else lines)
     return p
 
 
@@ -48,7 +48,7 @@ def test_truncated_and_long_lines_are_named(tmp_path):
 
 
 def test_non_utf8_bytes_are_quarantined_not_fatal(tmp_path):
-    body = HEADER.encode() + b"".join(l.encode() + b"\n" for l in _good_lines(400))
+    body = HEADER.encode() + b"".join(ln.encode() + b"\n" for ln in _good_lines(400))
     body += b"9999\t\xff\xfe\x00bad\t1396310400\n"
     p = tmp_path / "x.tsv"
     p.write_bytes(body)
@@ -113,7 +113,7 @@ def test_garbage_file_fails_with_file_row_and_reason(tmp_path):
 
 
 def test_wrong_separator_fails_clearly(tmp_path):
-    lines = [l.replace("\t", ",") for l in _good_lines(400)]
+    lines = [ln.replace("\t", ",") for ln in _good_lines(400)]
     p = tmp_path / "commas.tsv"
     p.write_text("SessionId,ItemId,Time\n" + "\n".join(lines) + "\n")
     with pytest.raises(ValidationFailed, match="truncated line"):

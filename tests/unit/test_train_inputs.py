@@ -41,7 +41,7 @@ def test_in_process_fit_checkpoint_and_resume(data_root, tmp_path):
 
 def _one_split_dataset(tmp_path, lines):
     p = tmp_path / "x.tsv"
-    p.write_text("SessionId\tItemId\tTime\n" + "".join(f"{l}\n" for l in lines))
+    p.write_text("SessionId\tItemId\tTime\n" + "".join(f"{ln}\n" for ln in lines))
     cfg = load_config(
         PreprocessJobConfig, None,
         ["source.format=rsc15_prepared", f"source.paths={{train_full: {p}, test: {p}}}", "split.name=predefined",

@@ -88,3 +88,29 @@ def test_trial_threads_follow_cpus_per_trial():
     assert make_train_config(base, {}).scaling.torch_threads == 2
     base = preflight(_cfg("cpus_per_trial=1"))
     assert make_train_config(base, {}).scaling.torch_threads == 1
+
+
+def test_layer_gene_as_choice_keeps_the_gene_distribution():
+    """Random search draws ``layers`` genes as a seeded choice; the repeated list must give
+    each layer list the probability ``LayersGene.sample`` gives it."""
+    import collections
+
+    import numpy as np
+
+    from rayrec.platform.tuning.run import _layer_combos
+    from rayrec.platform.tuning.space import LayersGene
+
+    gene = LayersGene(min_layers=1, max_layers=3, sizes=[64, 100])
+    combos = _layer_combos(gene)
+    assert all(gene.contains(c) for c in combos)
+    p_choice = {k: v / len(combos) for k, v in collections.Counter(map(tuple, combos)).items()}
+    # exact: depth uniform (1/3), then 1/2 per layer
+    for combo, p in p_choice.items():
+        assert p == pytest.approx((1 / 3) * 0.5 ** len(combo))
+    rng = np.random.default_rng(0)
+    n = 20_000
+    emp = collections.Counter(tuple(gene.sample(rng)) for _ in range(n))
+    assert set(emp) == set(p_choice)
+    for combo, p in p_choice.items():
+        assert abs(emp[combo] / n - p) < 4 * (p * (1 - p) / n) ** 0.5
+    assert _layer_combos(LayersGene(min_layers=1, max_layers=8, sizes=list(range(1, 20)))) is None
