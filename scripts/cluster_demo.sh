@@ -46,7 +46,7 @@ for _ in $(seq 60); do
   curl -sf http://127.0.0.1:8000/health >/dev/null && break
   sleep 2
 done
-ITEMS=$($PY -c "import json; print(json.dumps(json.load(open('$(ls -d $PWD/runs/cluster-demo/checkpoint_* | tail -1)/items.json'))[:3]))")
+ITEMS=$($PY -c "import json; print(json.dumps(json.load(open('$(ls -d $PWD/runs/cluster-demo/checkpoint_*/ | tail -1)items.json'))[:3]))")
 BODY=$($PY -c "import json,sys; print(json.dumps({'events': [{'session_id': 'cluster-demo', 'item_id': i} for i in json.loads(sys.argv[1])]}))" "$ITEMS")
 echo "POST /events $BODY"
 curl -sf -X POST -H 'content-type: application/json' -d "$BODY" http://127.0.0.1:8000/events; echo
