@@ -70,3 +70,12 @@ def test_worker_failure_resumes_from_checkpoint(ray_session, data_root, tmp_path
 def test_failure_without_retries_surfaces_the_error(ray_session, data_root, tmp_path):
     with pytest.raises(Exception, match="injected failure"):
         fit(_cfg(data_root, tmp_path, "nofix", "train.fail_at_epoch=1", "run.max_failures=0"), log=lambda _m: None)
+
+
+def test_data_and_storage_given_as_uris(ray_session, data_root, tmp_path):
+    """Data and checkpoint locations are URIs (any pyarrow filesystem; file:// here)."""
+    res = fit(_cfg(f"file://{data_root}", f"file://{tmp_path}", "uri", "scaling.num_workers=1", "train.epochs=1"),
+              log=lambda _m: None)
+    assert res.metrics["epoch"] == 1 and res.metrics["train_events"] > 0
+    cks = list((tmp_path / "uri").glob("checkpoint_*/model.pt"))
+    assert cks, f"no checkpoint under {tmp_path / 'uri'}"
