@@ -182,20 +182,3 @@ def test_node_loss_mid_training_resumes_from_checkpoint(tmp_path):
     start = by_name[ck.group(1)]
     assert 1 <= start < 4
     assert re.match(rf"epoch {start + 1}/4 ", lines[1]), lines
-
-
-def test_placement_options_validated():
-    """The two scaling options the tests above rely on reject what Ray would misread."""
-    from rayrec.platform.config import ConfigError, load_config
-    from rayrec.platform.training.config import TrainJobConfig
-
-    cfg = load_config(TrainJobConfig, None, ["scaling.placement_strategy=STRICT_SPREAD",
-                                             "scaling.resources_per_worker={trainer: 1}"])
-    assert cfg.scaling.placement_strategy == "STRICT_SPREAD"
-    assert cfg.scaling.resources_per_worker == {"trainer": 1.0}
-    assert TrainJobConfig().scaling.placement_strategy == "PACK"  # Ray's own default
-    for bad, msg in (("scaling.placement_strategy=spread", "placement_strategy"),
-                     ("scaling.resources_per_worker={CPU: 2}", "cpus_per_worker"),
-                     ("scaling.resources_per_worker={trainer: 0}", "> 0")):
-        with pytest.raises(ConfigError, match=msg):
-            load_config(TrainJobConfig, None, [bad])

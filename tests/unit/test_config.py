@@ -75,3 +75,20 @@ def test_unquoted_yaml_dates_load(tmp_path):
                  "dxy: 1998-02-15, dyz: 1998-03-15, dz: 1998-04-23}\n")
     cfg = load_config(PreprocessJobConfig, f, ["split.min_input_events=2"])
     assert str(cfg.split.dyz) == "1998-03-15" and cfg.split.min_input_events == 2
+
+
+def test_placement_options_validated():
+    """The two scaling options the tests above rely on reject what Ray would misread."""
+    from rayrec.platform.config import ConfigError, load_config
+    from rayrec.platform.training.config import TrainJobConfig
+
+    cfg = load_config(TrainJobConfig, None, ["scaling.placement_strategy=STRICT_SPREAD",
+                                             "scaling.resources_per_worker={trainer: 1}"])
+    assert cfg.scaling.placement_strategy == "STRICT_SPREAD"
+    assert cfg.scaling.resources_per_worker == {"trainer": 1.0}
+    assert TrainJobConfig().scaling.placement_strategy == "PACK"  # Ray's own default
+    for bad, msg in (("scaling.placement_strategy=spread", "placement_strategy"),
+                     ("scaling.resources_per_worker={CPU: 2}", "cpus_per_worker"),
+                     ("scaling.resources_per_worker={trainer: 0}", "> 0")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(TrainJobConfig, None, [bad])
