@@ -309,8 +309,9 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         param_space.update({k: _tune_domain(g) for k, g in cfg.space.items()})
-        if cfg.method in ("random", "asha", "pbt", "pb2"):  # seeded initial draws: same config, same trials
-            search_alg = BasicVariantGenerator(random_state=cfg.seed)
+        # seeded draws: the same config gives the same trials. Tune does not apply
+        # max_concurrent_trials to a BasicVariantGenerator passed in: it is set below.
+        search_alg = BasicVariantGenerator(random_state=cfg.seed)
     if cfg.method == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
     max_concurrent = cfg.max_concurrent
@@ -334,6 +335,8 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
                 raise ConfigError("method pb2 needs numeric genes only (float, logfloat, int)")
             scheduler = PB2(time_attr="epoch", perturbation_interval=cfg.pbt.perturbation_interval, synch=True,
                             quantile_fraction=cfg.pbt.quantile_fraction, hyperparam_bounds=bounds)
+    if search_alg is not None and cfg.method != "gentune":
+        search_alg.max_concurrent = max_concurrent
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cfg.cpus_per_trial}),
         param_space=param_space,
