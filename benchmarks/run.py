@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["preprocess", "train_gru4rec", "daily", "kernels", "serve_load"]
+BENCHES = ["preprocess", "train_gru4rec", "daily", "kernels", "kernels_e2e", "serve_load"]
 
 
 def main() -> int:
