@@ -158,8 +158,6 @@ def _check_metrics(cfg: TuneJobConfig, metrics: set[str]) -> None:
 
 def trainable(config: dict[str, Any]) -> None:
     """One Tune trial: train the sampled config, reporting every epoch with a checkpoint."""
-    from ray import tune
-
     from rayrec.platform import data
     from rayrec.platform.training.loop import WorkerContext, train_worker
     from rayrec.platform.training.steps import item_counts
@@ -173,27 +171,39 @@ def trainable(config: dict[str, Any]) -> None:
     item_ids = data.load_items(root)["item_id"].astype(str).tolist()
     train = data.session_arrays(root, cfg.data.train_split)
     valid = data.session_arrays(root, cfg.data.valid_split)
-    restore = None
-    ck = tune.get_checkpoint()
-    if ck is not None:
-        restore = tempfile.mkdtemp(prefix="rayrec-tune-restore-")
-        ck.to_directory(restore)
-    acc_key = meta["accuracy_metric"]
-
-    history = _history_writer(point)
-
-    def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
-        out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        out["fitness"] = fitness(out.get(acc_key, 0.0), out["loss"])
-        history(out)
-        tune.report(out, checkpoint=tune.Checkpoint.from_directory(ck_dir) if ck_dir else None)
-
+    restore, report = _trial_io(point, meta["accuracy_metric"], "loss")
     ctx = WorkerContext(0, 1, report, restore, train, valid, item_ids,
                         item_counts(train, len(item_ids)), lambda _m: None)
     train_worker(cfg, ctx)
 
 
 HISTORY_FILE = "rayrec_history.jsonl"
+
+
+def _trial_io(point: dict[str, Any], acc_key: str, loss_key: str, remove_reported: bool = False):
+    """A trial's restore directory (its Tune checkpoint, unpacked; None on a fresh start) and
+    the ``report(metrics, checkpoint_dir)`` the training loops call every epoch: numeric
+    metrics, ``loss`` (from ``loss_key``) and ``fitness`` (seed 004) go to Tune with the
+    checkpoint and to the trial's history file."""
+    from ray import tune
+
+    restore = None
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        restore = tempfile.mkdtemp(prefix="rayrec-tune-restore-")
+        ck.to_directory(restore)
+    history = _history_writer(point)
+
+    def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
+        out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        out["loss"] = out[loss_key]
+        out["fitness"] = fitness(out.get(acc_key, 0.0), out["loss"])
+        history(out)
+        tune.report(out, checkpoint=tune.Checkpoint.from_directory(ck_dir) if ck_dir else None)
+        if ck_dir and remove_reported:  # report() has copied it into the trial's storage
+            shutil.rmtree(ck_dir, ignore_errors=True)
+
+    return restore, report
 
 
 def _history_writer(point: dict[str, Any]):
@@ -216,30 +226,12 @@ def _history_writer(point: dict[str, Any]):
 
 def _daily_trainable(meta: dict[str, Any], point: dict[str, Any]) -> None:
     """A daily-model trial (seed 000): the in-process loop, validation windows every epoch."""
-    from ray import tune
-
     from rayrec.platform.daily.config import DailyTrainJobConfig
     from rayrec.platform.daily.trainer import load_daily_data, train_loop
 
     cfg = make_train_config(meta["base"], point, DailyTrainJobConfig)
     data = load_daily_data(cfg, with_valid=True)
-    restore = None
-    ck = tune.get_checkpoint()
-    if ck is not None:
-        restore = tempfile.mkdtemp(prefix="rayrec-tune-restore-")
-        ck.to_directory(restore)
-    acc_key = meta["accuracy_metric"]
-    history = _history_writer(point)
-
-    def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
-        out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        out["loss"] = out["train_loss"]
-        out["fitness"] = fitness(out.get(acc_key, 0.0), out["loss"])
-        history(out)
-        tune.report(out, checkpoint=tune.Checkpoint.from_directory(ck_dir) if ck_dir else None)
-        if ck_dir:  # report() has copied it into the trial's storage
-            shutil.rmtree(ck_dir, ignore_errors=True)
-
+    restore, report = _trial_io(point, meta["accuracy_metric"], "train_loss", remove_reported=True)
     train_loop(cfg, 0, 1, report, data, restore, log=lambda _m: None)
 
 

@@ -18,21 +18,10 @@ from rayrec.models.daily_nn import DailyNN, DailyNNConfig, SparseBatch, time_dec
 from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig  # noqa: E402
 from rayrec.ops_kernels import decayed_embedding_bag, gru_step  # noqa: E402
 
+from tests.unit._triton_interp import backends, triton_skip_reason  # noqa: E402
 
-def _triton_ready() -> str | None:
-    try:
-        from rayrec.ops_kernels.gru_step import triton_impl
-        from triton.runtime.interpreter import InterpretedFunction
-    except Exception as exc:  # pragma: no cover
-        return f"triton unavailable: {exc!r}"
-    if not isinstance(triton_impl._gates_kernel, InterpretedFunction):
-        return "triton kernels were imported before TRITON_INTERPRET=1"
-    return None
-
-
-_SKIP = _triton_ready()
-BACKENDS = ["reference", pytest.param("triton", marks=pytest.mark.skipif(
-    _SKIP is not None, reason=_SKIP or ""))]
+_SKIP = triton_skip_reason("gru_step", "_gates_kernel")
+BACKENDS = backends(_SKIP)
 
 
 def _close(a, b, tol):  # noqa: ANN001, ANN202

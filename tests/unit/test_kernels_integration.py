@@ -78,22 +78,11 @@ from rayrec.platform.training.steps import (  # noqa: E402
     make_sampler,
     train_epoch,
 )
+from tests.unit._triton_interp import backends, triton_mark, triton_skip_reason  # noqa: E402
 
-
-def _triton_ready() -> str | None:
-    try:
-        from rayrec.ops_kernels.ranking_losses import triton_impl
-        from triton.runtime.interpreter import InterpretedFunction
-    except Exception as exc:  # pragma: no cover
-        return f"triton unavailable: {exc!r}"
-    if not isinstance(triton_impl._fwd_kernel, InterpretedFunction):
-        return "triton kernels were imported before TRITON_INTERPRET=1"
-    return None
-
-
-_SKIP = _triton_ready()
-_TRITON_MARK = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
-BACKENDS = ["reference", pytest.param("triton", marks=_TRITON_MARK)]
+_SKIP = triton_skip_reason("ranking_losses", "_fwd_kernel")
+_TRITON_MARK = triton_mark(_SKIP)
+BACKENDS = backends(_SKIP)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5, rel_atol: float = 1e-5) -> None:

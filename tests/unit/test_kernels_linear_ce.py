@@ -18,20 +18,10 @@ import torch.nn.functional as F  # noqa: E402
 from rayrec.models.losses import cross_entropy, negative_mask  # noqa: E402
 from rayrec.ops_kernels import linear_cross_entropy, sampled_linear_cross_entropy  # noqa: E402
 
+from tests.unit._triton_interp import triton_mark, triton_skip_reason  # noqa: E402
 
-def _triton_ready() -> str | None:
-    try:
-        from rayrec.ops_kernels.linear_ce import triton_impl
-        from triton.runtime.interpreter import InterpretedFunction
-    except Exception as exc:  # pragma: no cover - depends on the install
-        return f"triton unavailable: {exc!r}"
-    if not isinstance(triton_impl._lse_kernel, InterpretedFunction):
-        return "triton kernels were imported before TRITON_INTERPRET=1"
-    return None
-
-
-_SKIP = _triton_ready()
-needs_triton = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
+_SKIP = triton_skip_reason("linear_ce", "_lse_kernel")
+needs_triton = triton_mark(_SKIP)
 
 
 def _close(a, b, rtol, atol):  # noqa: ANN001, ANN202

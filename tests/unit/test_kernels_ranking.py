@@ -17,21 +17,10 @@ import torch  # noqa: E402
 from rayrec.models import losses as L  # noqa: E402
 from rayrec.ops_kernels import sampled_ranking_loss  # noqa: E402
 
+from tests.unit._triton_interp import backends, triton_skip_reason  # noqa: E402
 
-def _triton_ready() -> str | None:
-    try:
-        from rayrec.ops_kernels.ranking_losses import triton_impl
-        from triton.runtime.interpreter import InterpretedFunction
-    except Exception as exc:  # pragma: no cover
-        return f"triton unavailable: {exc!r}"
-    if not isinstance(triton_impl._fwd_kernel, InterpretedFunction):
-        return "triton kernels were imported before TRITON_INTERPRET=1"
-    return None
-
-
-_SKIP = _triton_ready()
-BACKENDS = ["reference", pytest.param("triton", marks=pytest.mark.skipif(
-    _SKIP is not None, reason=_SKIP or ""))]
+_SKIP = triton_skip_reason("ranking_losses", "_fwd_kernel")
+BACKENDS = backends(_SKIP)
 
 
 def _oracle(s, name, valid, lq):  # noqa: ANN001, ANN202

@@ -12,20 +12,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from rayrec.ops_kernels import KernelUnavailableError, pad_exclusions, topk_scores  # noqa: E402
 
+from tests.unit._triton_interp import triton_mark, triton_skip_reason  # noqa: E402
 
-def _triton_ready() -> str | None:
-    try:
-        from rayrec.ops_kernels.topk import triton_impl
-        from triton.runtime.interpreter import InterpretedFunction
-    except Exception as exc:  # pragma: no cover
-        return f"triton unavailable: {exc!r}"
-    if not isinstance(triton_impl._topk_kernel, InterpretedFunction):
-        return "triton kernels were imported before TRITON_INTERPRET=1"
-    return None
-
-
-_SKIP = _triton_ready()
-needs_triton = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
+_SKIP = triton_skip_reason("topk", "_topk_kernel")
+needs_triton = triton_mark(_SKIP)
 
 
 def _oracle(h, w, k, bias, excl):  # noqa: ANN001, ANN202
