@@ -532,16 +532,14 @@ class DailyNN(nn.Module):
         """Sparse input -> second hidden layer ``(B, H2)`` (after dropout)."""
         batch = SparseBatch.coerce(batch).to(self.input_layer.weight.device)
         batch.validate(self.num_items, "batch", need_days=self.config.decay != "none")
-        noise = self.training and self.config.input_noise > 0 and batch.nnz
+        keep = None  # xi, the masking input noise: (nnz,) bool
+        if self.training and self.config.input_noise > 0 and batch.nnz:
+            keep = torch.rand(batch.nnz, device=batch.item_idx.device) >= self.config.input_noise
         if self.config.decay == "parametric":  # eqs. 5-6, fused decayed embedding-bag
-            keep = None
-            if noise:
-                keep = torch.rand(batch.nnz, device=batch.item_idx.device) >= self.config.input_noise
             pre1 = decayed_input(self.input_layer.weight, batch, self.weights.ti, keep)  # (B, H1)
         else:
             w = self.input_weights(batch)  # (nnz,)
-            if noise:
-                keep = torch.rand(batch.nnz, device=w.device) >= self.config.input_noise  # xi
+            if keep is not None:
                 w = w * keep.to(w.dtype)
             pre1 = self.input_layer(batch.item_idx, batch.offsets, per_sample_weights=w)  # (B, H1)
         pre1 = pre1 + self.input_bias

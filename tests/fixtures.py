@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from rayrec.platform.config import load_config
@@ -20,3 +21,10 @@ def synthetic_sessions(root: Path, n_events: int = 6000, n_items: int = 300, see
     )
     run_preprocess(cfg, log=lambda _m: None)
     return str(root / "data")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for heads, dashboards, Serve)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -43,6 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.fixtures import free_port  # noqa: E402
+
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -51,10 +52,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 RESULT_PREFIX = "MULTINODE_RESULT "
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_cluster(head_cpus: int, workers: list[dict[str, Any]]):
@@ -67,17 +64,17 @@ def start_cluster(head_cpus: int, workers: list[dict[str, Any]]):
         "num_cpus": head_cpus,
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
-        "dashboard_port": _free_port(),
-        "dashboard_agent_listen_port": _free_port(),
-        "metrics_export_port": _free_port(),
-        "runtime_env_agent_port": _free_port(),
+        "dashboard_port": free_port(),
+        "dashboard_agent_listen_port": free_port(),
+        "metrics_export_port": free_port(),
+        "runtime_env_agent_port": free_port(),
         "object_store_memory": 200 * 1024 * 1024,
     }
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
     for w in workers:
         cluster.add_node(
             num_cpus=w["num_cpus"], resources=w.get("resources", {}),
-            metrics_export_port=_free_port(), runtime_env_agent_port=_free_port(),
+            metrics_export_port=free_port(), runtime_env_agent_port=free_port(),
             object_store_memory=200 * 1024 * 1024,
         )
     cluster.wait_for_nodes()
@@ -316,7 +313,7 @@ def scenario_serve(cluster, work: Path) -> dict[str, Any]:
         return {"skip": f"no Redis server at {REDIS_URL} ({exc}); start redis-server to run this"}
     items = _model_dir(work / "models")
     prefix = f"rayrec-mn-{uuid.uuid4().hex[:10]}:"
-    port = _free_port()
+    port = free_port()
     # the shipped Serve config, pointed at this run's model and Redis; replicas spread by
     # per-deployment overrides (what an operator adds to the YAML for a multi-node cluster)
     cfg = yaml.safe_load((REPO / "serve_apps/configs/recommender.yaml").read_text())

@@ -31,12 +31,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.fixtures import free_port
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +44,12 @@ def head(tmp_path_factory):
     pkg = tmp / "pkg"  # the wheel's files; py_modules gets pkg/rayrec (see the module docstring)
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(pkg)
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     # the session's shared local Ray already holds the default agent ports: use free ones
     agent_ports = [
-        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-        f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
     ]
     temp_dir = Path("/tmp") / f"rayrec-jt-{os.getpid()}"
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")

@@ -19,6 +19,7 @@ from rayrec.serve_apps.core import ScoreRequest, SessionModel, blend, resolve_mo
 from rayrec.platform.checkpoint import save_checkpoint
 from rayrec.platform.sessions import read_event_log
 from tests.conftest import data_path
+from tests.fixtures import free_port
 
 httpx = pytest.importorskip("httpx")
 
@@ -176,12 +177,6 @@ def test_model_names_cannot_leave_model_dir(world, tmp_path):
 
 
 # ---- the application over HTTP ----------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _args(world, **kw):
@@ -216,7 +211,7 @@ def service(world, ray_session):
 
     os.environ["RAYREC_ADMIN_TOKEN"] = TOKEN
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         t0 = time.time()
         serve.run(build_app(_args(world)), name="rec", route_prefix="/")

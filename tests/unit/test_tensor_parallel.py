@@ -8,7 +8,6 @@ the single-process model's to 1e-6 (float64, so in practice ~1e-15).
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from rayrec.platform.training.tensor_parallel import (
     shard_parameter_bytes,
     shard_range,
 )
+from tests.fixtures import free_port
 
 B, D, H1, H2, P, K = 5, 11, 7, 6, 37, 4
 W1_, W0_ = 3.0, 0.25
@@ -46,10 +46,6 @@ def _hidden() -> nn.Module:
     return nn.Sequential(nn.Linear(D, H1), nn.ReLU(), nn.Linear(H1, H2), nn.Tanh()).double()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
@@ -125,7 +121,7 @@ def _reference() -> dict:
 
 def test_two_rank_gloo_matches_single_process(tmp_path: Path) -> None:
     world = 2
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     ref = _reference()
     tol = {"rtol": 0.0, "atol": 1e-6}
     covered = []
