@@ -41,7 +41,8 @@ bench: setup
 	$(PY) -m benchmarks.run
 
 lint: setup
-	$(PY) -m ruff check platform models ops_kernels jobs serve_apps tests benchmarks
+	$(PY) -m ruff check platform models ops_kernels jobs serve_apps tests benchmarks scripts
+	$(PY) scripts/check_layers.py
 
 clean:
 	rm -rf outputs runs .pytest_cache

@@ -41,7 +41,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(["| " + head + " |", "|-" + sep + "-|", *("| " + b + " |" for b in body)])
 
 
-def _fmt(v) -> str:  # noqa: ANN001
+def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
     if isinstance(v, int):

@@ -8,7 +8,7 @@ Usage::
 
 Synthetic purchases (Zipf-like popularity, 8 inputs and 2 targets per user), hidden layers
 (64, 32), predictor variant with the parametric decay, batch 32, fp32 Adam.  Each training
-row is one ``fit_daily`` run: epoch 1 warms up, epoch 2 is timed.  ``param MB/worker`` is
+row is one ``fit`` run (``model.name: daily_nn``): epoch 1 warms up, epoch 2 is timed.  ``param MB/worker`` is
 ``shard_parameter_bytes`` of each rank's model; ``peak RSS MB/worker`` is the worker
 process's max RSS (includes Python, torch and Ray, ~0.5 GB).  Batch prediction scores
 ``--users`` users with a P = 100k checkpoint, Ray Data ``map_batches`` with 2 actors vs
@@ -26,34 +26,36 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
-from benchmarks._common import machine, table, today  # noqa: E402
+from benchmarks._common import machine, table, today
 
 
 def _train_cfg(items: int, workers: int, users: int, steps: int, storage: str, checkpoint: bool = False):
     from rayrec.platform.config import apply_overrides
-    from rayrec.platform.daily.config import DailyTrainJobConfig
+    from rayrec.platform.training.config import TrainJobConfig
 
-    return DailyTrainJobConfig.model_validate(apply_overrides({}, [
+    where = ["ray.use_ray=false"] if workers == 0 else [f"scaling.num_workers={workers}", "ray.use_ray=true"]
+    return TrainJobConfig.model_validate(apply_overrides({}, [
+        "model.name=daily_nn", *where,
         f"data.synthetic={{n_users: {users}, n_items: {items}, items_per_user: 8, targets_per_user: 2}}",
-        "data.valid_prefix=null", "train.epochs=2", "train.batch_size=32", f"train.max_steps_per_epoch={steps}",
+        "data.valid_split=null", "train.epochs=2", "train.batch_size=32", f"train.max_steps_per_epoch={steps}",
         "model.hidden_sizes=[64,32]", "model.variant=predictor", "model.decay=parametric", "model.ti=40",
-        "model.dropout=0.0", f"scaling.num_workers={workers}", "scaling.cpus_per_worker=1",
+        "model.dropout=0.0", "scaling.cpus_per_worker=1",
         f"run.storage_path={storage}", f"run.name=bench_{items}_{workers}", f"run.checkpoint={str(checkpoint).lower()}",
         "ray.num_cpus=4",
     ]))
 
 
 def bench_train(items: int, workers: int, users: int, steps: int, storage: str) -> dict:
-    from rayrec.platform.daily.trainer import fit_daily
+    from rayrec.platform.training.trainer import fit
 
     t = time.perf_counter()
-    res = fit_daily(_train_cfg(items, workers, users, steps, storage), log=lambda _m: None)
+    res = fit(_train_cfg(items, workers, users, steps, storage), log=lambda _m: None)
     wall = time.perf_counter() - t
     m = res.metrics
     return {
         "P": items, "workers": workers,
         "examples/s": float(m["examples_per_s"]),
-        "loss": float(m["train_loss"]),
+        "loss": float(m["loss"]),
         "param MB/worker": "/".join(f"{b / 2**20:.0f}" for b in m["param_bytes_per_rank"]),
         "peak RSS MB/worker": "/".join(f"{r:.0f}" for r in m["peak_rss_mb_per_rank"]),
         "wall s (incl. start-up)": wall,
@@ -64,19 +66,19 @@ def bench_predict(users: int, items: int, storage: str) -> list[dict]:
     from rayrec.platform.daily.config import PredictConfig
     from rayrec.platform.daily.data import synthetic_windows
     from rayrec.platform.daily.predict import batch_predict
-    from rayrec.platform.daily.trainer import fit_daily
+    from rayrec.platform.training.trainer import fit
 
     cfg = _train_cfg(items, 0, 64, 1, storage, checkpoint=True)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})})
-    ck = fit_daily(cfg, log=lambda _m: None).checkpoint_dir
+    ck = fit(cfg, log=lambda _m: None).checkpoint_dir
     w = synthetic_windows(cfg.data.synthetic.model_copy(update={"n_users": users, "seed": 1}))
     rows = []
-    for label, pc in (
-        ("in-process, 1 scorer", PredictConfig(k=10, batch_size=256, use_ray=False)),
-        ("Ray Data, 2 actors", PredictConfig(k=10, batch_size=256, use_ray=True, concurrency=2, num_cpus_per_actor=1)),
+    for label, pc, use_ray in (
+        ("in-process, 1 scorer", PredictConfig(k=10, batch_size=256), False),
+        ("Ray Data, 2 actors", PredictConfig(k=10, batch_size=256, concurrency=2, num_cpus_per_actor=1), True),
     ):
         t = time.perf_counter()
-        out = batch_predict(ck, w, pc)
+        out = batch_predict(ck, w, pc, use_ray=use_ray)
         dt = time.perf_counter() - t
         rows.append({"mode": label, "P": items, "users": len(out), "users/s": len(out) / dt, "wall s": dt})
     return rows

@@ -9,32 +9,38 @@ Usage::
 Reads ``../shared/data/rsc15-100k`` (TSV ``SessionId ItemId Time``); the item index is the
 training items ordered by popularity (descending, ties by item id); test events whose item is
 not in train are dropped (then sessions shorter than 2 give no pair).
+
+Training is the production loop in this process (``rayrec.platform.training.loop.run_local``,
+the loop every model and engine runs; no Ray); the last epoch's checkpoint is rebuilt with
+``rayrec.platform.checkpoint.load_model`` and evaluated once on the test split (next-item
+protocol, ``evaluate_next_item``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig
-from rayrec.models.losses import LossConfig
 
-from rayrec.platform.training.optim import OptimConfig, build_optimizer
-from rayrec.platform.training.session_parallel import SessionArrays
-from rayrec.platform.training.steps import evaluate, make_sampler, train_epoch
+from rayrec.models.session_parallel import SessionArrays, item_counts
+from rayrec.platform.checkpoint import load_model
+from rayrec.platform.evaluation.protocols import evaluate_next_item
+from rayrec.platform.training.config import TrainJobConfig
+from rayrec.platform.training.families import TrainData
+from rayrec.platform.training.loop import run_local
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15-100k"
 TRAIN = "yoochoose-clicks-100k_train_full.txt"
 TEST = "yoochoose-clicks-100k_test.txt"
 
 
-def load_rsc15(data_dir: Path = DATA) -> tuple[SessionArrays, SessionArrays, int]:
-    """(train arrays, test arrays, n_items) with the popularity-ordered item index."""
+def load_rsc15(data_dir: Path = DATA) -> tuple[SessionArrays, SessionArrays, list[str]]:
+    """(train arrays, test arrays, item ids) with the popularity-ordered item index."""
     tr = pd.read_csv(data_dir / TRAIN, sep="\t", dtype={"ItemId": np.int64})
     te = pd.read_csv(data_dir / TEST, sep="\t", dtype={"ItemId": np.int64})
     pop = tr.groupby("ItemId").size()
@@ -52,50 +58,55 @@ def load_rsc15(data_dir: Path = DATA) -> tuple[SessionArrays, SessionArrays, int
         )
         return SessionArrays.from_frame(frame)
 
-    return arrays(tr), arrays(te), len(order)
+    return arrays(tr), arrays(te), [str(i) for i in order]
+
+
+def job_config(args: argparse.Namespace, storage: str) -> TrainJobConfig:
+    """The benchmark's command line as a training job of the one loop (in this process)."""
+    return TrainJobConfig.model_validate({
+        "model": {
+            "name": "gru4rec",
+            "layers": list(args.layers),
+            "dropout_p_hidden": args.dropout_hidden,
+            "dropout_p_embed": args.dropout_embed,
+            "final_act": args.final_act,
+            "elu_param": args.elu_param,
+            "constrained_embedding": not args.unconstrained,
+            "embedding": args.embedding,
+            "loss": {
+                "name": args.loss,
+                "n_sample": args.n_sample,
+                "sample_alpha": args.alpha,
+                "bpreg": args.bpreg,
+                "logq": args.logq,
+                "logq_mode": args.logq_mode,
+                "mask_sample_hits": not args.no_mask_sample_hits,
+            },
+        },
+        "optim": {"name": args.optim, "lr": args.lr, "momentum": args.momentum},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed},
+        "scaling": {"torch_threads": args.threads},
+        "run": {"storage_path": storage},
+        "ray": {"use_ray": False},
+    })
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    train, test, n_items = load_rsc15(Path(args.data))
-    mcfg = GRU4RecConfig(
-        layers=tuple(args.layers),
-        dropout_p_hidden=args.dropout_hidden,
-        dropout_p_embed=args.dropout_embed,
-        final_act=args.final_act,
-        elu_param=args.elu_param,
-        constrained_embedding=not args.unconstrained,
-        embedding=args.embedding,
-    )
-    lcfg = LossConfig(
-        name=args.loss,
-        n_sample=args.n_sample,
-        sample_alpha=args.alpha,
-        bpreg=args.bpreg,
-        logq=args.logq,
-        logq_mode=args.logq_mode,
-        mask_sample_hits=not args.no_mask_sample_hits,
-    )
-    ocfg = OptimConfig(name=args.optim, lr=args.lr, momentum=args.momentum)
-    gen = torch.Generator().manual_seed(args.seed)
-    model = GRU4Rec(mcfg, n_items)
-    model.reset_parameters(gen)
-    opt = build_optimizer(model.parameters(), ocfg)
-    sampler = make_sampler(train, n_items, lcfg, gen)
-    log = []
-    for ep in range(args.epochs):
-        st = train_epoch(model, opt, train, lcfg, sampler, args.batch_size, gen)
-        log.append(st)
-        print(
-            f"epoch {ep + 1}: loss {st['loss']:.4f} {st['events']:.0f} ev "
-            f"{st['seconds']:.1f}s {st['events_per_s']:.0f} ev/s",
-            flush=True,
-        )
+    train, test, item_ids = load_rsc15(Path(args.data))
+    job = job_config(args, tempfile.mkdtemp(prefix="rayrec-gru4rec-plain-"))
+    box = {}
+
+    def report(metrics: dict, ck_dir: str | None) -> None:
+        if ck_dir is not None and metrics["epoch"] == args.epochs:
+            box["model"] = load_model(ck_dir, expected_item_ids=item_ids, kind="session")
+
+    out = run_local(job, TrainData(train, None, item_ids, item_counts(train, len(item_ids))),
+                    report=report, log=lambda m: print(m, flush=True))
     t0 = time.perf_counter()
-    res = evaluate(model, test, (5, 10, 20), 512)
+    res = evaluate_next_item(box["model"].scorer(), test.offsets, test.items, (5, 10, 20), 512)
     res["eval_seconds"] = time.perf_counter() - t0
-    res["train_events_per_s"] = float(np.mean([s["events_per_s"] for s in log]))
+    res["examples_per_s"] = float(np.mean([h["examples_per_s"] for h in out["history"]]))
+    res["loss"] = out["loss"]
     return res
 
 

@@ -55,7 +55,7 @@ def _peak_bytes(dev: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def _setup(op: str, n: int, dev: str, args: argparse.Namespace):  # noqa: ANN202, C901
+def _setup(op: str, n: int, dev: str, args: argparse.Namespace):
     """Inputs and {variant: callable} for one op."""
     from rayrec.models import losses as L
     from rayrec.ops_kernels import (
@@ -74,8 +74,8 @@ def _setup(op: str, n: int, dev: str, args: argparse.Namespace):  # noqa: ANN202
         bias = torch.zeros(n, device=dev, requires_grad=True)
         t = torch.randint(0, n, (b,), generator=g).to(dev)
 
-        def run(fn):  # noqa: ANN001, ANN202
-            def call():  # noqa: ANN202
+        def run(fn):
+            def call():
                 h.grad = w.grad = bias.grad = None
                 fn().backward()
 
@@ -94,7 +94,7 @@ def _setup(op: str, n: int, dev: str, args: argparse.Namespace):  # noqa: ANN202
         k = args.k
 
         @torch.no_grad()
-        def naive():  # noqa: ANN202
+        def naive():
             s = torch.addmm(bias, h, w.t())  # (B, N)
             s.scatter_(1, excl, float("-inf"))
             return s.topk(k, dim=1)
@@ -114,14 +114,14 @@ def _setup(op: str, n: int, dev: str, args: argparse.Namespace):  # noqa: ANN202
         w = torch.randn(n, hs, generator=g).mul_(0.05).to(dev).requires_grad_()
         rows = torch.repeat_interleave(torch.arange(b, device=dev), offsets[1:] - offsets[:-1])
 
-        def naive():  # noqa: ANN202
+        def naive():
             x = torch.zeros(b, n, device=dev)  # dense decayed purchase matrix (B, P)
             x.index_put_((rows, items), 1.0 / (1.0 + days / 40.0), accumulate=True)
             w.grad = None
             (x @ w).square().sum().backward()
 
-        def via(backend):  # noqa: ANN001, ANN202
-            def call():  # noqa: ANN202
+        def via(backend):
+            def call():
                 w.grad = None
                 decayed_embedding_bag(w, items, offsets, days, 40.0, backend=backend).square().sum().backward()
 
@@ -133,12 +133,12 @@ def _setup(op: str, n: int, dev: str, args: argparse.Namespace):  # noqa: ANN202
         scores = torch.randn(bb, bb + s, generator=g).to(dev).requires_grad_()
         cols = torch.randint(0, max(n, 1), (bb + s,), generator=g).to(dev)
 
-        def naive():  # noqa: ANN202
+        def naive():
             scores.grad = None
             L.bpr_max(scores, L.negative_mask(cols[:bb], cols), 1.0).backward()
 
-        def via(backend):  # noqa: ANN001, ANN202
-            def call():  # noqa: ANN202
+        def via(backend):
+            def call():
                 scores.grad = None
                 sampled_ranking_loss(scores, "bpr-max", cols, backend=backend).backward()
 
@@ -152,7 +152,7 @@ def _setup(op: str, n: int, dev: str, args: argparse.Namespace):  # noqa: ANN202
         ts = [t.to(dev).requires_grad_() for t in ts]
         reset = (torch.rand(bb, generator=g) < 0.1).to(dev)
 
-        def naive():  # noqa: ANN202
+        def naive():
             gx, hp, wrz, wh = ts
             hm = hp * (~reset).float()[:, None]
             rz = torch.sigmoid(gx[:, : 2 * hs] + hm @ wrz)
@@ -160,8 +160,8 @@ def _setup(op: str, n: int, dev: str, args: argparse.Namespace):  # noqa: ANN202
             c = torch.tanh(gx[:, 2 * hs :] + (r * hm) @ wh)
             torch.lerp(hm, c, z).sum().backward()
 
-        def via(backend):  # noqa: ANN001, ANN202
-            def call():  # noqa: ANN202
+        def via(backend):
+            def call():
                 gru_step(*ts, reset, backend=backend).sum().backward()
 
             return call

@@ -10,9 +10,10 @@ Usage::
 * GRU4Rec: ``jobs/configs/gru4rec_rsc15.yaml`` (100 units, cross-entropy + logQ over 32 targets
   + 2048 extra samples, Adagrad-momentum) on rsc15-100k (``outputs/rsc15-100k``, prepared from
   ``../shared/data/rsc15-100k`` with ``jobs/configs/preprocess_rsc15.yaml`` when missing), the
-  training loop of ``rayrec.platform.training.loop`` in process, ``--epochs`` epochs (1), on
-  CUDA when there is one. Recall@20 / MRR@20 on the test split (next-item protocol) and
-  training events/s of the last epoch. Fused ops on this path: ``sampled_ranking_loss``,
+  production training loop of ``rayrec.platform.training.loop`` in process (``fit`` with
+  ``ray.use_ray=false``), ``--epochs`` epochs (1), on CUDA when there is one. Recall@20 /
+  MRR@20 on the test split (next-item protocol, the loop's validation after the last epoch)
+  and training examples/s of the last epoch. Fused ops on this path: ``sampled_ranking_loss``,
   ``gru_step`` (and ``gru_step`` while evaluating).
 * Daily model: ``jobs/configs/daily_ml100k.yaml`` on ``../shared/data/ml-100k`` (as-of
   1998-03-15), soft split with the *parametric* decay (``ti = 40``; the config's learned
@@ -95,7 +96,6 @@ def _daily_data(args: argparse.Namespace, work: Path) -> str | None:
         print(f"daily model: skipped: {udata} is absent (set RAYREC_SHARED_DATA)")
         return None
     from rayrec.jobs import daily as daily_job
-
     from rayrec.platform.config import load_config
     from rayrec.platform.daily.config import DailyJobConfig
 
@@ -121,51 +121,53 @@ def _run_gru4rec(spec: dict) -> dict:
 
     gpu = torch.cuda.is_available() and not spec["cpu"]
     ov = [f"data.path={spec['data']}", "data.train_split=train_full", "data.valid_split=test",
-          f"train.epochs={spec['epochs']}", "scaling.num_workers=0",
+          f"train.epochs={spec['epochs']}", "ray.use_ray=false",
           f"scaling.use_gpu={str(gpu).lower()}", f"run.storage_path={spec['storage']}",
           f"run.name=gru4rec_{spec['backend']}", "run.keep_checkpoints=1"]
     if spec["quick"]:
-        ov += ["train.max_steps_per_epoch=30", "loss.n_sample=64", "model.layers=[32]"]
+        ov += ["train.max_steps_per_epoch=30", "model.loss.n_sample=64", "model.layers=[32]"]
     cfg = load_config(TrainJobConfig, REPO / "jobs/configs/gru4rec_rsc15.yaml", ov)
     t = time.perf_counter()
     m = fit(cfg, log=lambda _m: None).metrics
     return {"recall@20": m["recall@20"], "mrr@20": m["mrr@20"], "loss": m["loss"],
-            "events/s": m["events_per_s"], "wall s": time.perf_counter() - t,
+            "examples/s": m["examples_per_s"], "wall s": time.perf_counter() - t,
             "device": "cuda" if gpu else "cpu"}
 
 
 def _run_daily(spec: dict) -> dict:
     from rayrec.platform.config import apply_overrides
-    from rayrec.platform.daily.config import DailyTrainJobConfig, SyntheticDailyData
-    from rayrec.platform.daily.trainer import fit_daily, train_loop
+    from rayrec.platform.training.config import TrainJobConfig
+    from rayrec.platform.training.trainer import fit
 
-    ov = ["model.variant=soft_split", "model.decay=parametric", "model.ti=40", "model.to=4",
-          f"train.epochs={spec['epochs']}", "scaling.num_workers=0", "run.checkpoint=false",
+    ov = ["model.name=daily_nn", "model.variant=soft_split", "model.decay=parametric", "model.ti=40",
+          "model.to=4", f"train.epochs={spec['epochs']}", "ray.use_ray=false", "run.checkpoint=false",
           f"run.storage_path={spec['storage']}", f"run.name=daily_{spec['backend']}"]
     t = time.perf_counter()
     if spec["data"] == "synthetic":
         import numpy as np
 
-        from rayrec.platform.daily.data import Catalog, synthetic_windows
-        from rayrec.platform.daily.trainer import DailyData
+        from rayrec.platform.daily.data import synthetic_windows
+        from rayrec.platform.sections import SyntheticData
+        from rayrec.platform.training.families import TrainData
+        from rayrec.platform.training.loop import run_local
 
-        cfg = DailyTrainJobConfig.model_validate(apply_overrides(
-            {}, [*ov, "model.hidden_sizes=[32,16]", "train.batch_size=32", "train.ks=[1,5,10]"]))
-        syn = SyntheticDailyData(n_users=300, n_items=60, items_per_user=6, seed=0)
-        data = DailyData(Catalog([str(i) for i in range(60)], np.arange(60)), synthetic_windows(syn),
-                         synthetic_windows(syn.model_copy(update={"seed": 1, "n_users": 200})))
-        m = train_loop(cfg, 0, 1, lambda _m, ck: shutil.rmtree(ck, ignore_errors=True) if ck else None,
-                       data=data, log=lambda _m: None)
+        cfg = TrainJobConfig.model_validate(apply_overrides(
+            {}, [*ov, "model.hidden_sizes=[32,16]", "train.batch_size=32", "eval.ks=[1,5,10]"]))
+        syn = SyntheticData(n_users=300, n_items=60, items_per_user=6, seed=0)
+        train = synthetic_windows(syn)
+        data = TrainData(train, synthetic_windows(syn.model_copy(update={"seed": 1, "n_users": 200})),
+                         [str(i) for i in range(60)], np.bincount(train.x_items, minlength=60))
+        m = run_local(cfg, data, log=lambda _m: None)
     else:
         import yaml
 
         base = yaml.safe_load((REPO / "jobs/configs/daily_ml100k.yaml").read_text())["train"]
-        cfg = DailyTrainJobConfig.model_validate(apply_overrides(base, [*ov, f"data.path={spec['data']}"]))
-        m = fit_daily(cfg, log=lambda _m: None).metrics
-    ks = cfg.train.ks
-    out = {f"precision@{k}": m[f"valid_precision@{k}"] for k in ks}
-    out[f"pcc@{ks[-1]}"] = m[f"valid_pcc@{ks[-1]}"]
-    out.update({"loss": m["train_loss"], "examples/s": m["examples_per_s"],
+        cfg = TrainJobConfig.model_validate(apply_overrides(base, [*ov, f"data.path={spec['data']}"]))
+        m = fit(cfg, log=lambda _m: None).metrics
+    ks = cfg.eval.ks
+    out = {f"precision@{k}": m[f"precision@{k}"] for k in ks}
+    out[f"pcc@{ks[-1]}"] = m[f"pcc@{ks[-1]}"]
+    out.update({"loss": m["loss"], "examples/s": m["examples_per_s"],
                 "wall s": time.perf_counter() - t, "device": "cpu"})
     return out
 
@@ -234,7 +236,7 @@ def main() -> None:
                     rows.append(_spawn("gru4rec", b, spec))
                     print(f"  gru4rec {rows[-1]}", flush=True)
                 print(f"\nGRU4Rec, {Path(data).name}, {spec['epochs']} epoch(s), next-item protocol on test")
-                print(table(rows, ["backend", "device", "recall@20", "mrr@20", "loss", "events/s", "wall s"]))
+                print(table(rows, ["backend", "device", "recall@20", "mrr@20", "loss", "examples/s", "wall s"]))
                 print(_compare(rows, ["recall@20", "mrr@20"]))
         if args.only in (None, "daily"):
             data = _daily_data(args, work)

@@ -33,8 +33,8 @@ def _free_port() -> int:
 
 def _make_checkpoint(path: Path, n_items: int, hidden: int) -> list[str]:
     import torch
-    from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 
+    from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig
     from rayrec.platform.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     import httpx
     import ray
     from ray import serve
-    from rayrec.serve_apps.recommender import RecommenderArgs, build_app
 
     from rayrec.platform.store import SQLiteRecommendationStore
+    from rayrec.serve_apps.app import RecommenderArgs, build_app
 
     work = Path(tempfile.mkdtemp(prefix="rayrec-serve-load-"))
     if a.model_dir:
@@ -137,10 +137,12 @@ def main(argv: list[str] | None = None) -> None:
                   ((f"u{u}", rng.sample(items, 50), [float(50 - j) for j in range(50)])
                    for u in range(n_users)))
     args = RecommenderArgs(
-        model_dir=model_dir, model=model, store_path=str(work / "recs.db"),
-        session_store=f"sqlite://{work / 'sessions.db'}", event_log_dir=str(work / "events"),
-        session_replicas=a.session_replicas, batch_wait_timeout_s=a.batch_wait_ms / 1000.0,
-        max_k=max(100, a.k),
+        session={"model_dir": model_dir, "model": model,
+                 "store": f"sqlite://{work / 'sessions.db'}", "replicas": a.session_replicas,
+                 "batching": {"wait_timeout_s": a.batch_wait_ms / 1000.0}},
+        daily={"store_path": str(work / "recs.db")},
+        events={"log_dir": str(work / "events")},
+        limits={"max_k": max(100, a.k)},
     )
     if a.address:
         ray.init(address=a.address, log_to_driver=False)

@@ -1,7 +1,7 @@
 """``python -m rayrec.jobs.batch_predict checkpoint=DIR data_path=DIR as_of=YYYY-MM-DD [k=v ...]``
 
-Scores every user of a daily data directory with a ``fit_daily`` checkpoint on Ray Data
-(``map_batches`` with a class UDF: the model is loaded once per actor), keeps each user's
+Scores every user of a daily data directory with a daily-model checkpoint
+(``rayrec.jobs.train`` with ``model.name: daily_nn``) on Ray Data (``map_batches`` with a class UDF: the model is loaded once per actor), keeps each user's
 top-K products not already consumed, and publishes them to the recommendation store as one
 version tagged with the model version (a hash of the weights) and the as-of date.
 Publishing the same (as-of, model version) again returns the existing version.
@@ -13,11 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from rayrec.jobs import _cli
-
 from rayrec.platform.daily.config import BatchPredictJobConfig
 
 
-def run_batch_predict(cfg: BatchPredictJobConfig, log=print) -> dict:  # noqa: ANN001
+def run_batch_predict(cfg: BatchPredictJobConfig, log=print) -> dict:
     from pathlib import Path
 
     from rayrec.platform.checkpoint import load_checkpoint
@@ -31,11 +30,11 @@ def run_batch_predict(cfg: BatchPredictJobConfig, log=print) -> dict:  # noqa: A
     as_of = cfg.as_of.isoformat()
     windows = build_windows(read_split(cfg.data_path, cfg.predict_split), None, as_of, cat,
                             name=f"{cfg.data_path}:{cfg.predict_split}")
-    if cfg.predict.use_ray:
+    if cfg.ray.use_ray:
         from rayrec.platform.runtime import init_ray
 
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    rows = batch_predict(cfg.checkpoint, windows, cfg.predict)
+    rows = batch_predict(cfg.checkpoint, windows, cfg.predict, use_ray=cfg.ray.use_ray)
     mv = cfg.model_version or model_version_of(cfg.checkpoint)
     Path(cfg.store.path).parent.mkdir(parents=True, exist_ok=True)
     with SQLiteRecommendationStore(cfg.store.path, keep_versions=cfg.store.keep_versions) as store:

@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rayrec.jobs import _cli
 
-from rayrec.platform.daily.config import DailyJobConfig, DailyTrainJobConfig
+from rayrec.jobs import _cli
+from rayrec.platform.daily.config import DailyJobConfig
+from rayrec.platform.training.config import TrainJobConfig
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -151,7 +152,7 @@ def preprocess_for_date(cfg: DailyJobConfig, as_of: date, day_dir: Path, log: Ca
     return plan
 
 
-def train_cfg_for_date(cfg: DailyJobConfig, day_dir: Path) -> DailyTrainJobConfig:
+def train_cfg_for_date(cfg: DailyJobConfig, day_dir: Path) -> TrainJobConfig:
     t = cfg.train
     return t.model_copy(update={
         "data": t.data.model_copy(update={"path": str(day_dir / "data"), "synthetic": None}),
@@ -169,8 +170,9 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
     from rayrec.platform.daily.data import Catalog, load_catalog, load_windows
     from rayrec.platform.daily.evaluate import evaluate_scores, plot_decay
     from rayrec.platform.daily.predict import batch_predict, model_version_of, publish_predictions
-    from rayrec.platform.daily.trainer import fit_daily, load_daily_model
+    from rayrec.platform.daily.trainer import load_daily_model
     from rayrec.platform.store import SQLiteRecommendationStore
+    from rayrec.platform.training.trainer import fit
 
     as_of = parse_as_of(as_of_text)
     day_dir = Path(cfg.work_dir).resolve() / as_of.isoformat()
@@ -184,7 +186,7 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
     t = time.perf_counter()
     _fail(cfg, "train")
     tcfg = train_cfg_for_date(cfg, day_dir)
-    res = fit_daily(tcfg, log=log)
+    res = fit(tcfg, log=log)
     if res.checkpoint_dir is None:
         raise DailyJobError(f"training wrote no checkpoint under {res.run_dir}")
     ck = res.checkpoint_dir
@@ -199,24 +201,24 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
     evaluation: dict[str, Any] = {}
     from rayrec.platform import data as pdata
 
-    test_rows = len(pdata.load_split(tcfg.data.path, f"{tcfg.data.test_prefix}_y", ["user_id"]))
+    test_rows = len(pdata.load_split(tcfg.data.path, f"{tcfg.data.test_split}_y", ["user_id"]))
     if test_rows:
-        test = load_windows(tcfg.data.path, tcfg.data.test_prefix, cat)
+        test = load_windows(tcfg.data.path, tcfg.data.test_split, cat)
 
         def score(users: np.ndarray):
             import torch
 
             inputs, _ = test.batch(users)
             with torch.no_grad():
-                return model.scores(model(inputs))
+                return model.score(model(inputs))
 
-        evaluation = {k: v for k, v in evaluate_scores(score, test, tcfg.train.ks).items()}
+        evaluation = {k: v for k, v in evaluate_scores(score, test, tcfg.eval.ks).items()}
     else:
         evaluation = {"skipped": f"no purchases after {as_of} in the data (future window empty)"}
     if cfg.plot and tcfg.model.decay == "learned":
         from rayrec.platform.daily.evaluate import observed_buckets
 
-        observed = observed_buckets(load_windows(tcfg.data.path, tcfg.data.train_prefix, cat))
+        observed = observed_buckets(load_windows(tcfg.data.path, tcfg.data.train_split, cat))
         evaluation["decay_fit"] = plot_decay(model.learned_decay_curve().tolist(), day_dir / "decay.png",
                                              title=f"learned vs parametric decay, as-of {as_of}",
                                              observed=observed)
@@ -227,13 +229,13 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
 
     t = time.perf_counter()
     _fail(cfg, "predict")
-    windows = load_windows(tcfg.data.path, tcfg.data.test_prefix, Catalog(cat.item_ids, cat.remap),
+    windows = load_windows(tcfg.data.path, tcfg.data.test_split, Catalog(cat.item_ids, cat.remap),
                            with_targets=False, input_split=str(day_dir / "data" / "predict_x.parquet"))
-    if cfg.predict.use_ray:
+    if cfg.ray.use_ray:
         from rayrec.platform.runtime import init_ray
 
-        init_ray(tcfg.ray.address, tcfg.ray.num_cpus)
-    rows = batch_predict(ck, windows, cfg.predict)
+        init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    rows = batch_predict(ck, windows, cfg.predict, use_ray=cfg.ray.use_ray)
     times["predict_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -259,7 +261,7 @@ def run_compare(cfg: DailyJobConfig, as_of_text: str, seeds: Sequence[int], log:
     day_dir.mkdir(parents=True, exist_ok=True)
     plan = preprocess_for_date(cfg, as_of, day_dir, log)
     tcfg = train_cfg_for_date(cfg, day_dir)
-    tcfg = tcfg.model_copy(update={"data": tcfg.data.model_copy(update={"valid_prefix": None}),
+    tcfg = tcfg.model_copy(update={"data": tcfg.data.model_copy(update={"valid_split": None}),
                                    "run": tcfg.run.model_copy(update={"keep_checkpoints": 1})})
     out = day_dir / "compare"
     rows = compare_ml100k(tcfg, out, seeds=seeds, log=log)
@@ -291,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
             rows = run_compare(cfg, args.as_of, seeds)
-            print(table_markdown(rows, cfg.train.train.ks))
+            print(table_markdown(rows, cfg.train.eval.ks))
         else:
             run_daily(cfg, args.as_of)
     except (DailyJobError, DailyDataError, DataError, ValueError) as exc:

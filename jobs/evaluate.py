@@ -1,4 +1,4 @@
-"""``python -m rayrec.jobs.evaluate --config jobs/configs/evaluate_rsc15.yaml [k=v ...]``
+"""``python -m rayrec.jobs.evaluate [--config FILE] data.path=... checkpoints.<label>=<dir> [k=v ...]``
 
 Evaluates baselines and trained checkpoints on a preprocessed dataset under the
 ``next_item`` protocol and prints one table (every row records its protocol).
@@ -12,29 +12,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
+
 from rayrec.jobs import _cli
-
 from rayrec.platform.config import StrictModel
-
-
-class EvalDataConfig(StrictModel):
-    path: str = "outputs/rsc15-100k"
-    train_split: str = "train_full"
-    test_split: str = "test"
+from rayrec.platform.sections import DataSection, EvalSection
 
 
 class EvaluateJobConfig(StrictModel):
-    data: EvalDataConfig = Field(default_factory=EvalDataConfig)
+    data: DataSection = Field(default_factory=DataSection)
+    """``path``, ``train_split`` (baselines are fitted on it) and ``test_split``."""
     protocol: str = "next_item"
     baselines: list[str] = Field(default_factory=lambda: ["pop", "spop", "item_knn"])
     baseline_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     checkpoints: dict[str, str] = Field(default_factory=dict)
     """label -> checkpoint directory of a trained session model."""
-    cutoffs: list[int] = Field(default_factory=lambda: [5, 10, 20])
-    batch_size: int = Field(512, ge=1)
+    eval: EvalSection = Field(default_factory=EvalSection)
     output: str | None = None
     """Write the results as JSON here too."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in (("cutoffs", "eval.ks"), ("batch_size", "eval.batch_size")):
+                if old in data:
+                    raise ValueError(f"{old} was renamed: use {new}")
+        return data
 
 
 def run(cfg: EvaluateJobConfig, log=print) -> dict[str, dict[str, Any]]:
@@ -46,14 +50,14 @@ def run(cfg: EvaluateJobConfig, log=print) -> dict[str, dict[str, Any]]:
         raise ValueError(f"protocol: only 'next_item' is evaluated by this job so far, got {cfg.protocol!r}")
     root = cfg.data.path
     results = evaluate_baselines(
-        root, cfg.data.train_split, cfg.data.test_split, cfg.baselines, cfg.cutoffs, cfg.baseline_params, log=log
+        root, cfg.data.train_split, cfg.data.test_split, cfg.baselines, cfg.eval.ks, cfg.baseline_params, log=log
     )
     if cfg.checkpoints:
         item_ids = data.load_items(root)["item_id"].astype(str).tolist()
         test = data.session_arrays(root, cfg.data.test_split)
         for label, path in cfg.checkpoints.items():
             scorer, ck = scorer_from_checkpoint(path, item_ids)
-            res = evaluate_next_item(scorer, test.offsets, test.items, tuple(cfg.cutoffs), cfg.batch_size)
+            res = evaluate_next_item(scorer, test.offsets, test.items, tuple(cfg.eval.ks), cfg.eval.batch_size)
             res["checkpoint"] = str(path)
             results[label] = res
             log(f"  {label:<10} recall@20={res.get('recall@20', float('nan')):.4f} mrr@20={res.get('mrr@20', float('nan')):.4f}")
@@ -72,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, CheckpointError, ValueError, KeyError) as exc:
         print(f"rayrec.jobs.evaluate: error: {exc}", file=sys.stderr)
         return 1
-    print(format_table(results, cfg.cutoffs[-3:] if len(cfg.cutoffs) >= 3 else cfg.cutoffs))
+    print(format_table(results, cfg.eval.ks[-3:]))
     if cfg.output:
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.output).write_text(

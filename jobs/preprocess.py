@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 
 from rayrec.jobs import _cli
-
 from rayrec.platform.preprocessing.config import PreprocessJobConfig
 from rayrec.platform.preprocessing.pipeline import run_preprocess
 from rayrec.platform.preprocessing.readers import ReaderError

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rayrec.jobs import _cli
-
 from rayrec.platform.tuning.run import TuneJobConfig
 
 

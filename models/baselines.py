@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
 from rayrec.models.registry import register
 
 __all__ = [

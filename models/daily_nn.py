@@ -24,10 +24,17 @@ parametric decay of eq. 5 it is the fused ``rayrec.ops_kernels.decayed_embedding
 (:func:`decayed_input`: Td computed inside, backend by ``RAYREC_KERNELS``); binary input and
 the learned decay of eq. 4 (whose input values need a gradient) keep ``EmbeddingBag``.  No dense
 ``(B, P)`` input or target matrix is ever built.  The output layer does produce a dense
-``(B, P)`` block of logits in the single-process path (the weighted cross-entropy of eq. 3
-sums ``log(1 - y_hat)`` over every product); at ``P = 100k`` and ``B = 256`` that is 25.6M
-floats (~100 MB with its softplus), which is acceptable on one worker.  Larger catalogs use
-the column-parallel output layer in ``rayrec.platform.training.tensor_parallel``.
+``(B, P)`` block of logits on one device (the weighted cross-entropy of eq. 3 sums
+``log(1 - y_hat)`` over every product); at ``P = 100k`` and ``B = 256`` that is 25.6M floats
+(~100 MB with its softplus), which is acceptable on one worker.
+
+:class:`DailyNN` is the one definition of the network.  Larger catalogs split it by product
+(seed 000 section 5, model parallelism): a ``DailyNN`` restricted to a product range holds
+only that range's input rows, output rows and output biases (:attr:`DailyNN.catalog_dims`),
+and its three collective hooks (``reduce_sum``, ``copy_to_parallel``, ``gather``; identity
+functions by default) combine the ranges.  ``rayrec.platform.training.tensor_parallel``
+builds such a shard and installs the collectives (``shard_daily_nn``); checkpoints always
+hold the whole-catalog ``DailyNN().state_dict()``.  This module imports no platform code.
 
 Conventions (documented deviations / readings of the text):
 
@@ -51,16 +58,17 @@ Conventions (documented deviations / readings of the text):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from rayrec.ops_kernels import decayed_embedding_bag
 from torch import nn
+
+from rayrec.ops_kernels import decayed_embedding_bag
 
 __all__ = [
     "DECAY_BUCKETS",
@@ -68,6 +76,7 @@ __all__ = [
     "CostWeights",
     "DailyNN",
     "DailyNNConfig",
+    "INIT_BLOCK",
     "SparseBatch",
     "build_daily_nn",
     "clip_catalog",
@@ -76,6 +85,7 @@ __all__ = [
     "decayed_input",
     "fit_parametric_decay",
     "kl_sparsity",
+    "local_batch",
     "time_decay",
 ]
 
@@ -469,37 +479,160 @@ def kl_sparsity(mean_activation: torch.Tensor, rho: float, eps: float = 1e-6) ->
 
 _ACTS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda x: x}
 
+#: The catalog-wide tables are initialised per block of this many products (``_block_uniform``).
+INIT_BLOCK = 4096
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    """Default ``reduce_sum`` / ``copy_to_parallel`` hook: the unsharded model needs no collective."""
+    return t
+
+
+def _identity_gather(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Default ``gather`` hook: one range covers the whole catalog."""
+    return t
+
+
+def _block_uniform(start: int, stop: int, width: int, bound: float, seed: int) -> torch.Tensor:
+    """Rows ``[start, stop)`` of a ``(P, width)`` uniform(-bound, bound) matrix whose rows are
+    generated per block of :data:`INIT_BLOCK` from ``(seed, block)``: any product range gets
+    exactly its rows of the whole-catalog matrix, whatever the sharding."""
+    out = torch.empty(stop - start, width)
+    b0, b1 = start // INIT_BLOCK, (stop - 1) // INIT_BLOCK
+    for b in range(b0, b1 + 1):
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + b)
+        block = torch.empty(INIT_BLOCK, width).uniform_(-bound, bound, generator=g)
+        lo, hi = max(start, b * INIT_BLOCK), min(stop, (b + 1) * INIT_BLOCK)
+        out[lo - start : hi - start] = block[lo - b * INIT_BLOCK : hi - b * INIT_BLOCK]
+    return out
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """An ``nn.Linear`` holding the given ``(out, in)`` weight and ``(out,)`` bias (no default
+    initialisation, no draw from the global RNG)."""
+    out_f, in_f = weight.shape
+    layer = nn.Linear(in_f, out_f, device="meta")
+    layer.weight = nn.Parameter(weight)
+    layer.bias = nn.Parameter(bias)
+    return layer
+
+
+def local_batch(batch: SparseBatch, start: int, stop: int) -> SparseBatch:
+    """The purchases of ``batch`` in products ``[start, stop)``, renumbered from 0 (same rows)."""
+    keep = (batch.item_idx >= start) & (batch.item_idx < stop)  # (nnz,)
+    rows = batch.row_ids()[keep]
+    offsets = torch.zeros(batch.batch_size + 1, dtype=torch.long, device=batch.offsets.device)
+    offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=batch.batch_size), 0)
+    days = None if batch.days_ago is None else batch.days_ago[keep]
+    return SparseBatch(item_idx=batch.item_idx[keep] - start, offsets=offsets, days_ago=days)
+
 
 class DailyNN(nn.Module):
-    """Two hidden layers over a sparse, time-decayed purchase vector (eqs. 3-6).
+    """Two hidden layers over a sparse, time-decayed purchase vector (eqs. 3-9), whole
+    catalog or one product range of it.
 
     ``forward(batch) -> hidden (B, H2)``; ``score(hidden, item_idx=None)`` gives logits over
     all ``P`` products (or a subset); ``loss(hidden, targets, inputs)`` the scalar of eq. 6.
+
+    **Initialisation** is deterministic and independent of the global RNG: the catalog-wide
+    tables (``W1`` rows, ``W_L`` rows and ``B_L``) come from :func:`_block_uniform` with
+    ``seed``, ``seed + 1`` and ``seed + 2`` (uniform in ``+-1/sqrt(H1)``, ``+-1/sqrt(H2)``),
+    the hidden layer from ``torch.Generator().manual_seed(seed + 7)`` (weight then bias,
+    ``+-1/sqrt(H1)``); ``input_bias`` starts at 0 and the eq. 4 kernel at 1 (binary input).
+
+    **Product range** ``[start, stop)`` (default the whole catalog ``[0, num_items)``): the
+    catalog-wide parameters listed in :attr:`catalog_dims` then hold only that range (input
+    table rows, output weight rows and output bias; ``nn.Linear`` stores ``W_L`` as
+    ``(P, H2)``), initialised to exactly those rows of the whole-catalog model with the same
+    seed.  Item ids stay global everywhere (batches, ``num_items``); the range model bags only
+    the purchases in its range and scores only its products.  The places where ranges must
+    be combined call three hooks, identity functions by default (so the whole-catalog model
+    is plain single-device PyTorch); a tensor-parallel run installs collectives
+    (``rayrec.platform.training.tensor_parallel.shard_daily_nn``):
+
+    * ``reduce_sum(t)``: sum over ranges, gradient passed through unchanged (the first
+      layer's partial pre-activations, the per-range costs and L2 sums);
+    * ``copy_to_parallel(t)``: identity, gradient summed over ranges (a replicated tensor
+      that each range uses only partly: the hidden output feeding the output rows, eq. 4's
+      input values and its constant ``Act(wb)``);
+    * ``gather(t, dim)``: the ranges' tensors concatenated along ``dim`` (full logits).
+
+    The hidden layer, ``input_bias`` and the eq. 4 kernel are replicated; every range must
+    see the same batch and the same torch RNG state (dropout and the input noise ``xi``,
+    drawn once per forward over all non-zeros, are then identical everywhere).
     """
 
-    def __init__(self, num_items: int, config: DailyNNConfig | None = None) -> None:
+    #: catalog-wide parameters (state-dict names) -> the dimension that runs over products
+    catalog_dims: ClassVar[dict[str, int]] = {
+        "input_layer.weight": 0,
+        "output_layer.weight": 0,
+        "output_layer.bias": 0,
+    }
+
+    def __init__(
+        self,
+        num_items: int,
+        config: DailyNNConfig | None = None,
+        seed: int = 0,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> None:
         super().__init__()
         if int(num_items) <= 0:
             raise ValueError(f"num_items must be positive, got {num_items}")
         self.config = config if config is not None else DailyNNConfig()
         self.num_items = int(num_items)
+        self.start = int(start)
+        self.stop = self.num_items if stop is None else int(stop)
+        if not 0 <= self.start < self.stop <= self.num_items:
+            raise ValueError(
+                f"product range [{start}, {stop}) must be non-empty and within [0, {self.num_items})"
+            )
+        self.seed = int(seed)
         self.weights = self.config.cost_weights()
         h1, h2 = (int(h) for h in self.config.hidden_sizes)
-        # W1 stored as an embedding table (P, H1): EmbeddingBag = sparse X @ W1^T.
-        self.input_layer = nn.EmbeddingBag(self.num_items, h1, mode="sum", include_last_offset=True)
+        b1, b2 = 1.0 / math.sqrt(h1), 1.0 / math.sqrt(h2)
+        s, e = self.start, self.stop
+        # W1 stored as an embedding table (P_range, H1): EmbeddingBag = sparse X @ W1^T.
+        self.input_layer = nn.EmbeddingBag(
+            e - s, h1, mode="sum", include_last_offset=True,
+            _weight=_block_uniform(s, e, h1, b1, self.seed),
+        )
         self.input_bias = nn.Parameter(torch.zeros(h1))
-        self.hidden_layer = nn.Linear(h1, h2)
-        self.output_layer = nn.Linear(h2, self.num_items)  # weight (P, H2)
-        bound = 1.0 / math.sqrt(h1)  # EmbeddingBag's N(0, 1) default is far too large
-        nn.init.uniform_(self.input_layer.weight, -bound, bound)
+        g = torch.Generator().manual_seed(self.seed + 7)
+        hidden_w = torch.empty(h2, h1).uniform_(-b1, b1, generator=g)
+        hidden_b = torch.empty(h2).uniform_(-b1, b1, generator=g)
+        self.hidden_layer = _linear(hidden_w, hidden_b)
+        self.output_layer = _linear(  # weight (P_range, H2), bias (P_range,)
+            _block_uniform(s, e, h2, b2, self.seed + 1),
+            _block_uniform(s, e, 1, b2, self.seed + 2).reshape(-1),
+        )
         self.act = _ACTS[self.config.activation]
         if self.config.decay == "learned":
             # eq. 4: kernel wf (32,) shared by all products, bias wb; starts as binary input.
             self.conv_weight = nn.Parameter(torch.ones(DECAY_BUCKETS))
-            self.conv_bias = nn.Parameter(torch.zeros(()))
+            self.conv_bias = nn.Parameter(torch.zeros(1))  # (1,): DeepSpeed cannot flatten 0-d
             self.conv_act = _ACTS[self.config.conv_activation or self.config.activation]
         self.dropout = nn.Dropout(self.config.dropout)
+        # collective hooks (identity: the whole catalog on one device)
+        self.reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _identity
+        self.copy_to_parallel: Callable[[torch.Tensor], torch.Tensor] = _identity
+        self.gather: Callable[[torch.Tensor, int], torch.Tensor] = _identity_gather
         self._kl_cache: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+    @property
+    def catalog_range(self) -> tuple[int, int]:
+        """``[start, stop)``: the products whose catalog-wide parameters this module holds."""
+        return self.start, self.stop
+
+    @property
+    def is_sharded(self) -> bool:
+        """Whether this module holds only part of the catalog."""
+        return (self.start, self.stop) != (0, self.num_items)
+
+    def extra_repr(self) -> str:
+        return f"num_items={self.num_items}, products=[{self.start}, {self.stop})"
 
     # ---- input weighting --------------------------------------------------------------
     def input_weights(self, batch: SparseBatch) -> torch.Tensor:
@@ -528,24 +661,40 @@ class DailyNN(nn.Module):
             return self.conv_act(self.conv_weight + self.conv_bias) - self.conv_act(self.conv_bias)
 
     # ---- forward ------------------------------------------------------------------------
+    def _input_partial(self, batch: SparseBatch, keep: torch.Tensor | None) -> torch.Tensor:
+        """This range's share of ``W1 A0`` (eq. 6 before the bias), ``(B, H1)``."""
+        weight = self.input_layer.weight  # (P_range, H1)
+        sharded = self.is_sharded
+        if self.config.decay == "parametric":  # eqs. 5-6, fused decayed embedding-bag
+            stop = self.stop if sharded else None
+            return decayed_input(weight, batch, self.weights.ti, keep, self.start, stop)
+        w = self.input_weights(batch)  # (nnz,)
+        if self.config.decay == "learned":
+            # w depends on the replicated kernel but each range uses only its own products'
+            # entries: the gradient of w is summed over ranges so every kernel copy gets it all
+            w = self.copy_to_parallel(w)
+        if keep is not None:
+            w = w * keep.to(w.dtype)
+        if sharded:
+            sel = (batch.item_idx >= self.start) & (batch.item_idx < self.stop)  # (nnz,)
+            loc = local_batch(batch, self.start, self.stop)
+            partial = self.input_layer(loc.item_idx, loc.offsets, per_sample_weights=w[sel])
+        else:
+            partial = self.input_layer(batch.item_idx, batch.offsets, per_sample_weights=w)
+        if self.config.decay == "learned":
+            base = self.copy_to_parallel(self.conv_act(self.conv_bias))  # Act(wb), every product
+            partial = partial + base * weight.sum(dim=0)  # (H1,) broadcast
+        return partial  # (B, H1)
+
     def forward(self, batch: SparseBatch | Mapping[str, Any]) -> torch.Tensor:
-        """Sparse input -> second hidden layer ``(B, H2)`` (after dropout)."""
+        """Sparse input -> second hidden layer ``(B, H2)`` (after dropout), the same in
+        every range."""
         batch = SparseBatch.coerce(batch).to(self.input_layer.weight.device)
         batch.validate(self.num_items, "batch", need_days=self.config.decay != "none")
-        keep = None  # xi, the masking input noise: (nnz,) bool
+        keep = None  # xi, the masking input noise: (nnz,) bool, one draw for both input paths
         if self.training and self.config.input_noise > 0 and batch.nnz:
             keep = torch.rand(batch.nnz, device=batch.item_idx.device) >= self.config.input_noise
-        if self.config.decay == "parametric":  # eqs. 5-6, fused decayed embedding-bag
-            pre1 = decayed_input(self.input_layer.weight, batch, self.weights.ti, keep)  # (B, H1)
-        else:
-            w = self.input_weights(batch)  # (nnz,)
-            if keep is not None:
-                w = w * keep.to(w.dtype)
-            pre1 = self.input_layer(batch.item_idx, batch.offsets, per_sample_weights=w)  # (B, H1)
-        pre1 = pre1 + self.input_bias
-        if self.config.decay == "learned":
-            base = self.conv_act(self.conv_bias)  # Act(wb) for every product
-            pre1 = pre1 + base * self.input_layer.weight.sum(dim=0)  # (H1,) broadcast
+        pre1 = self.reduce_sum(self._input_partial(batch, keep)) + self.input_bias  # (B, H1)
         a1 = self.act(pre1)  # (B, H1)
         a2 = self.act(self.hidden_layer(self.dropout(a1)))  # (B, H2)
         hidden = self.dropout(a2)
@@ -553,14 +702,21 @@ class DailyNN(nn.Module):
             self._kl_cache = (hidden, [a1.mean(dim=0), a2.mean(dim=0)])
         return hidden
 
+    def local_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of this range's products, ``(B, P_range)`` (all of them when unsharded)."""
+        return self.output_layer(self.copy_to_parallel(hidden))
+
     def score(self, hidden: torch.Tensor, item_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Output logits ``W_L A + B_L`` (eq. 3 before the sigmoid).
 
-        ``item_idx`` None: ``(B, P)``; 1-D ``(K,)``: ``(B, K)`` for the same K products in
-        every row; 2-D ``(B, K)``: per-row products, ``(B, K)``.
+        ``item_idx`` None: ``(B, P)`` (a range model gathers the ranges with ``gather``);
+        1-D ``(K,)``: ``(B, K)`` for the same K products in every row; 2-D ``(B, K)``: per-row
+        products, ``(B, K)`` (subsets need the whole-catalog model).
         """
         if item_idx is None:
-            return self.output_layer(hidden)  # (B, P)
+            return self.gather(self.local_logits(hidden), 1)  # (B, P)
+        if self.is_sharded:
+            raise ValueError("score(hidden, item_idx) needs the whole-catalog model")
         item_idx = torch.as_tensor(item_idx, dtype=torch.long, device=hidden.device)
         if item_idx.numel() and (int(item_idx.min()) < 0 or int(item_idx.max()) >= self.num_items):
             raise ValueError(f"item_idx out of range [0, {self.num_items})")
@@ -578,15 +734,11 @@ class DailyNN(nn.Module):
 
     # ---- loss -----------------------------------------------------------------------------
     def regularisation(self) -> torch.Tensor:
-        """``lambda * sum_j |W_j|^2`` over the three weight matrices (eq. 3)."""
+        """``lambda * sum_j |W_j|^2`` over the three weight matrices (eq. 3), all ranges."""
         if self.config.l2 == 0:
             return torch.zeros((), device=self.output_layer.weight.device)
-        sq = (
-            self.input_layer.weight.pow(2).sum()
-            + self.hidden_layer.weight.pow(2).sum()
-            + self.output_layer.weight.pow(2).sum()
-        )
-        return self.config.l2 * sq
+        catalog = self.input_layer.weight.pow(2).sum() + self.output_layer.weight.pow(2).sum()
+        return self.config.l2 * (self.reduce_sum(catalog) + self.hidden_layer.weight.pow(2).sum())
 
     def loss(
         self,
@@ -594,7 +746,9 @@ class DailyNN(nn.Module):
         targets: SparseBatch | Mapping[str, Any],
         inputs: SparseBatch | Mapping[str, Any],
     ) -> torch.Tensor:
-        """Eq. 6: mean over customers of eq. 7's cost + L2 + beta * KL sparsity.
+        """Eq. 6: mean over customers of eq. 7's cost + L2 + beta * KL sparsity, the whole
+        catalog's value in every range (eqs. 7-9 are sums over products: each range costs
+        its own products and the costs are summed with ``reduce_sum``).
 
         ``hidden`` must come from the latest :meth:`forward` when ``sparsity_weight > 0``
         (the KL term uses that call's mean hidden activations).
@@ -603,8 +757,11 @@ class DailyNN(nn.Module):
         inputs = SparseBatch.coerce(inputs).to(hidden.device)
         targets.validate(self.num_items, "targets")
         inputs.validate(self.num_items, "inputs", need_days=self.weights.wa1 != 0)
-        logits = self.score(hidden)  # (B, P)
-        total = combined_cost(logits, inputs, targets, self.weights).mean()
+        logits = self.local_logits(hidden)  # (B, P_range)
+        if self.is_sharded:
+            inputs = local_batch(inputs, self.start, self.stop)
+            targets = local_batch(targets, self.start, self.stop)
+        total = self.reduce_sum(combined_cost(logits, inputs, targets, self.weights).mean())
         total = total + self.regularisation()
         if self.config.sparsity_weight > 0:
             if self._kl_cache is None or self._kl_cache[0] is not hidden:
@@ -616,9 +773,10 @@ class DailyNN(nn.Module):
         return total
 
 
-def build_daily_nn(config: DailyNNConfig, num_items: int) -> DailyNN:
-    """Registry builder: a fresh :class:`DailyNN` over ``num_items`` products."""
-    return DailyNN(num_items=num_items, config=config)
+def build_daily_nn(config: DailyNNConfig, num_items: int, seed: int = 0) -> DailyNN:
+    """Registry builder: a fresh whole-catalog :class:`DailyNN` over ``num_items`` products
+    (the layout every checkpoint holds)."""
+    return DailyNN(num_items, config, seed=seed)
 
 
 # --------------------------------------------------------------------------------------
@@ -660,12 +818,86 @@ def clip_catalog(
     return order.astype(np.int64)
 
 
+class DailyNNTask:
+    """The daily model's training (seed 000 section 3 and 5) under the model contract.
+
+    Every rank sees every customer (tensor parallelism, section 5: "million of input and
+    output dimensionalities"): under ``scaling.engine=tensor_parallel`` (or DeepSpeed with a
+    model-parallel group) each rank holds the products ``env.item_range`` of the input table
+    and the output layer, and the platform's collectives join the partial sums (the math is
+    :class:`DailyNN`'s, written once).  A step is eq. 6: the mean over the batch's customers
+    of the combined cost, plus L2 and the KL sparsity term.  The 33 parameters of the learned
+    decay (eq. 4) form the parameter group ``decay`` (``optim.lr_multipliers.decay``).
+    """
+
+    parallelism = "tensor"
+
+    def __init__(self, job) -> None:
+        self.cfg: DailyNNConfig = job.model
+        self.shuffle = bool(job.train.shuffle)
+
+    def build(self, env, generator: torch.Generator) -> nn.Module:
+        start, stop = env.item_range or (0, env.n_items)
+        model = DailyNN(env.n_items, self.cfg, seed=env.seed, start=start, stop=stop)
+        model.reduce_sum, model.copy_to_parallel, model.gather = (
+            env.reduce_sum, env.copy_to_parallel, env.gather)
+        return model
+
+    def param_groups(self, module: nn.Module, lr: float) -> list[dict]:
+        named = list(module.named_parameters())
+        groups = [{"name": "main", "params": [p for n, p in named if not n.startswith("conv_")]}]
+        decay = [p for n, p in named if n.startswith("conv_")]
+        if decay:
+            groups.append({"name": "decay", "params": decay})
+        return groups
+
+    def num_batches(self, env, batch_size: int) -> int:
+        return -(-env.train.n_users // batch_size)
+
+    def batches(self, env, module: nn.Module, epoch: int, batch_size: int, rng):
+        for _rows, inputs, targets in env.train.batches(batch_size, shuffle=self.shuffle, seed=env.seed + epoch):
+            yield inputs, targets
+
+    def loss(self, forward, batch, pad: bool = False) -> tuple[torch.Tensor, int]:
+        inputs, targets = batch
+        model = getattr(forward, "module", forward)  # the engine's module (DeepSpeed) or itself
+        hidden = forward(inputs)  # (B, H2), identical on every rank
+        return model.loss(hidden, targets, inputs), inputs.batch_size
+
+    def evaluate(self, env, module: nn.Module, ks, batch_size: int) -> dict:
+        return env.evaluate(module, env.valid, ks, batch_size)
+
+    def full_state(self, env, module: nn.Module) -> dict[str, torch.Tensor]:
+        return env.gather_state(module)
+
+    def load_full_state(self, env, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        env.load_state(module, state)
+
+    def epoch_metrics(self, env, module: nn.Module) -> dict[str, Any]:
+        out: dict[str, Any] = {"n_items": env.n_items}
+        if self.cfg.decay == "learned":
+            out["learned_decay"] = [float(x) for x in module.learned_decay_curve()]
+        return out
+
+
 def _register() -> None:
     try:
         from rayrec.models import registry
     except ImportError:  # pragma: no cover - registry always ships with rayrec.models
         return
-    registry.register("daily_nn", DailyNNConfig, build_daily_nn, kind="daily")
+    registry.register(registry.ModelSpec(
+        name="daily_nn", config_cls=DailyNNConfig, build=build_daily_nn, kind="daily",
+        task=DailyNNTask, parallelism="tensor", default_config="daily_ml100k_train.yaml",
+        job_defaults={
+            "optim": {"name": "adam", "lr": 1e-3, "eps": 1e-8, "momentum": 0.0},
+            "data": {"path": "outputs/ml-100k", "train_split": "train", "valid_split": "valid_test",
+                     "test_split": "test"},
+            "train": {"epochs": 20, "batch_size": 64, "shuffle": True},
+            "eval": {"ks": [1, 5, 10], "batch_size": 256},
+            "scaling": {"engine": "tensor_parallel"},
+            "ray": {"use_ray": False},  # small catalogs train fastest in-process
+        },
+    ))
 
 
 _register()

@@ -46,21 +46,27 @@ What this module implements, and where each piece comes from:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
-from rayrec.ops_kernels import gru_step, topk_scores
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-__all__ = ["GRU4RecConfig", "GRU4Rec", "GRU4RecScorer", "SessionScorer", "build"]
+from rayrec.models.losses import LossConfig, sampled_loss
+from rayrec.models.samplers import PopularitySampler, logq_tables
+from rayrec.models.session_parallel import session_parallel_batches
+from rayrec.ops_kernels import gru_step, topk_scores
+
+__all__ = ["GRU4RecConfig", "GRU4Rec", "GRU4RecScorer", "build"]
 
 FinalAct = Literal["linear", "tanh", "relu", "elu", "leaky"]
 
 
 class GRU4RecConfig(BaseModel):
-    """Hyper-parameters of the GRU4Rec network (not of its training: see LossConfig/OptimConfig).
+    """Hyper-parameters of GRU4Rec: the network and its training objective (``loss``, a
+    :class:`rayrec.models.losses.LossConfig`; the optimiser is the job's ``optim``).
 
     ``layers``: GRU layer sizes (seed 003 Table 2 uses one layer of 100 or 1000 units).
     ``embedding``: 0 = one-hot input (looked up straight in the first layer's input weights);
@@ -83,6 +89,7 @@ class GRU4RecConfig(BaseModel):
     elu_param: float = 1.0
     leaky_param: float = 0.01
     bias_output: bool = True
+    loss: LossConfig = Field(default_factory=LossConfig)
 
     @field_validator("layers")
     @classmethod
@@ -103,14 +110,14 @@ class GRU4RecConfig(BaseModel):
 
     @field_validator("dropout_p_embed", "dropout_p_hidden")
     @classmethod
-    def _check_dropout(cls, v: float, info) -> float:  # noqa: ANN001
+    def _check_dropout(cls, v: float, info) -> float:
         if not 0.0 <= v < 1.0:
             raise ValueError(f"{info.field_name} must be in [0, 1), got {v}")
         return v
 
     @field_validator("elu_param", "leaky_param")
     @classmethod
-    def _check_act_param(cls, v: float, info) -> float:  # noqa: ANN001
+    def _check_act_param(cls, v: float, info) -> float:
         if v < 0.0 or not math.isfinite(v):
             raise ValueError(f"{info.field_name} must be a finite value >= 0, got {v}")
         return v
@@ -126,7 +133,7 @@ class GRU4RecConfig(BaseModel):
         return self
 
 
-def _uniform_block_(t: torch.Tensor, fan_in: int, fan_out: int, generator=None) -> None:  # noqa: ANN001
+def _uniform_block_(t: torch.Tensor, fan_in: int, fan_out: int, generator=None) -> None:
     """In place: U(-s, s) with s = sqrt(6 / (fan_in + fan_out)) (Glorot-uniform for one block)."""
     s = math.sqrt(6.0 / float(fan_in + fan_out))
     with torch.no_grad():
@@ -289,11 +296,6 @@ class GRU4Rec(nn.Module):
         return vals, idx
 
 
-def _scorer(self: "GRU4Rec") -> "GRU4RecScorer":
-    """The evaluation/serving adapter of this model (``SessionScorer`` protocol)."""
-    return GRU4RecScorer(self)
-
-
 class GRU4RecScorer:
     """Adapter to the evaluation ``SessionScorer`` protocol (duck-typed).
 
@@ -324,11 +326,32 @@ class GRU4RecScorer:
         rows = torch.as_tensor(rows, dtype=torch.long, device=state[0].device)
         return [h.index_select(0, rows) for h in state]
 
+    @torch.no_grad()
+    def encode(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(B, H_last): the last layer's state after each session's events (B >= 1, each
+        sequence non-empty); shorter sessions stop updating once their events are read."""
+        dev = self.model.Wy.device
+        b = len(sequences)
+        lens = torch.tensor([len(s) for s in sequences], dtype=torch.long, device=dev)  # (B,)
+        t_max = int(lens.max())
+        pad = torch.zeros(b, t_max, dtype=torch.long, device=dev)  # (B, T)
+        for i, s in enumerate(sequences):
+            pad[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        hidden = [h.to(dev) for h in self.model.init_hidden(b)]
+        t_min = int(lens.min())
+        for t in range(t_max):
+            out, new = self.model(pad[:, t], hidden)
+            if t >= t_min:
+                live = (lens > t).unsqueeze(1)  # (B, 1)
+                hidden = [torch.where(live, n, h) for n, h in zip(new, hidden)]
+            else:
+                hidden = new
+        return hidden[-1]
 
-GRU4Rec.scorer = _scorer  # type: ignore[attr-defined]
-
-# The protocol name the evaluation module uses; GRU4RecScorer satisfies it structurally.
-SessionScorer = GRU4RecScorer
+    def topk(self, encoded: torch.Tensor, k: int, exclude: list[list[int]] | None = None,
+             item_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused scoring + top-K of :meth:`GRU4Rec.topk` on :meth:`encode`'s output."""
+        return self.model.topk(encoded, k, exclude=exclude, item_mask=item_mask)
 
 
 def build(cfg: GRU4RecConfig, n_items: int) -> GRU4Rec:
@@ -336,10 +359,126 @@ def build(cfg: GRU4RecConfig, n_items: int) -> GRU4Rec:
     return GRU4Rec(cfg, n_items)
 
 
+# --------------------------------------------------------------------------------------
+# training task (the model contract, rayrec.models.contract.TrainTask)
+# --------------------------------------------------------------------------------------
+
+
+class SampledStep(nn.Module):
+    """One session-parallel step as a single module call, so DDP and DeepSpeed see the whole
+    computation (GRU step + sampled output scores) inside ``forward``."""
+
+    def __init__(self, model: GRU4Rec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x: torch.Tensor, hidden: list[torch.Tensor], cols: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out, hidden = self.model(x, hidden)  # (B, H)
+        return self.model.score(out, cols), hidden  # (B, C)
+
+
+class GRU4RecTask:
+    """GRU4Rec's training (seed 003 section 3.1 and the Top-k gains follow-up):
+
+    1. session-parallel mini-batches (section 3.1.1): shrink the hidden state to ``keep`` and
+       zero the rows that start a new session;
+    2. one GRU step; score only the B target columns plus S extra negatives drawn from
+       popularity^alpha and shared by all rows, giving the (B, B + S) score block (3.1.2);
+    3. mask accidental hits, the loss (:func:`rayrec.models.losses.sampled_loss`, the fused
+       ``sampled_ranking_loss`` op for BPR-max / TOP1-max / cross-entropy with logQ from
+       :func:`rayrec.models.samplers.logq_tables`);
+    4. detach the hidden state (truncated back-propagation of one step, as in the paper).
+
+    The sampler and the logQ tables come from the GLOBAL training counts, so every rank draws
+    from the same distribution; each rank's sampler has its own seed.
+    """
+
+    parallelism = "data"
+
+    def __init__(self, job) -> None:
+        self.cfg: GRU4RecConfig = job.model
+        self.batch_size = int(job.train.batch_size)
+        self.shuffle = bool(job.train.shuffle)
+
+    def build(self, env, generator: torch.Generator) -> nn.Module:
+        model = GRU4Rec(self.cfg, env.n_items)
+        model.reset_parameters(generator)  # identical init on every rank
+        lc = self.cfg.loss
+        self.sampler = None
+        if lc.n_sample > 0:
+            sgen = torch.Generator().manual_seed(env.seed + 17)
+            self.sampler = PopularitySampler(env.train_counts, lc.sample_alpha, lc.sample_store_size, sgen)
+        self.n_sample = lc.n_sample if self.sampler is not None else 0
+        self.logq = None
+        if lc.name == "cross-entropy" and lc.logq > 0:
+            lq_t, lq_s = logq_tables(env.train_counts, self.batch_size, self.sampler, self.n_sample, lc.logq_mode)
+            self.logq = (lq_t.to(env.device), lq_s.to(env.device))
+        self.device = env.device
+        return SampledStep(model)
+
+    def external_params(self, module: SampledStep) -> list[nn.Parameter]:
+        """ZeRO-3: the output item table is used by ``score``, outside ``GRU4Rec.forward``."""
+        return [module.model.Wy]
+
+    def param_groups(self, module: nn.Module, lr: float) -> list[dict]:
+        return [{"params": list(module.parameters())}]
+
+    def num_batches(self, env, batch_size: int) -> int:
+        return sum(1 for _ in session_parallel_batches(env.train, batch_size))
+
+    def batches(self, env, module: SampledStep, epoch: int, batch_size: int, rng):
+        hidden = [h.to(self.device) for h in module.model.init_hidden(batch_size)]
+        self.hidden = hidden
+        for inputs, targets, reset, keep in session_parallel_batches(env.train, batch_size, self.shuffle, rng):
+            hidden = self.hidden
+            if keep.shape[0] != hidden[0].shape[0]:
+                keep_t = torch.from_numpy(keep).to(self.device)
+                hidden = [h.index_select(0, keep_t) for h in hidden]  # (B_new, H)
+            if reset.any():
+                mask = torch.from_numpy(~reset).to(device=self.device, dtype=hidden[0].dtype)
+                hidden = [h * mask.unsqueeze(1) for h in hidden]  # (B, H)
+            self.hidden = hidden
+            yield (torch.from_numpy(inputs).to(self.device), torch.from_numpy(targets).to(self.device),
+                   [h.clone() for h in hidden])
+
+    def loss(self, forward, batch, pad: bool = False) -> tuple[torch.Tensor, int]:
+        x, y, hidden = batch
+        if self.n_sample:
+            smp = self.sampler.sample(self.n_sample).to(self.device)  # (S,)
+            cols = torch.cat([y, smp])  # (B + S,)
+        else:
+            smp, cols = None, y
+        scores, new_hidden = forward(x, hidden if pad else self.hidden, cols)  # (B, B + S)
+        log_q = None
+        if self.logq is not None:
+            lq_t, lq_s = self.logq
+            log_q = lq_t[y] if smp is None else torch.cat([lq_t[y], lq_s[smp]])
+        loss = sampled_loss(self.cfg.loss, scores.float(), cols, log_q)  # hits masked from cols
+        if not pad:
+            self.hidden = [h.detach() for h in new_hidden]
+        return loss, int(x.shape[0])
+
+    def evaluate(self, env, module: nn.Module, ks, batch_size: int) -> dict:
+        model = module.model if isinstance(module, SampledStep) else module
+        return env.evaluate(GRU4RecScorer(model), env.valid, ks, batch_size)
+
+    def full_state(self, env, module: SampledStep) -> dict[str, torch.Tensor]:
+        return module.model.state_dict()
+
+    def load_full_state(self, env, module: SampledStep, state: dict[str, torch.Tensor]) -> None:
+        module.model.load_state_dict(state)
+
+
 def _register() -> None:
     from rayrec.models import registry
 
-    registry.register("gru4rec", GRU4RecConfig, build, "session")
+    registry.register(registry.ModelSpec(
+        name="gru4rec", config_cls=GRU4RecConfig, build=build, kind="session",
+        scorer=GRU4RecScorer, task=GRU4RecTask, default_config="gru4rec_rsc15.yaml",
+        job_defaults={"optim": {"name": "adagrad_momentum", "lr": 0.2, "momentum": 0.2}},
+    ))
 
 
 _register()

@@ -35,6 +35,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator
+
 from rayrec.ops_kernels import sampled_ranking_loss
 
 __all__ = [
@@ -66,7 +67,7 @@ class LossConfig(BaseModel):
     (0 = uniform, 1 = popularity). ``sample_store_size``: how many samples are pre-generated
     at once. ``mask_sample_hits``: also mask extra samples equal to the row's target
     (mini-batch duplicates of the target are always masked). ``logq_mode``: how log Q of a
-    column is computed (see ``rayrec.platform.training.steps``): ``expected`` = log of the
+    column is computed (see ``rayrec.models.samplers.logq_tables``): ``expected`` = log of the
     item's expected number of occurrences among the B + S columns; ``official`` = the
     authors' code (log count for targets, alpha * log count for extra samples).
     """
@@ -84,7 +85,7 @@ class LossConfig(BaseModel):
 
     @field_validator("bpreg", "logq")
     @classmethod
-    def _non_negative(cls, v: float, info) -> float:  # noqa: ANN001
+    def _non_negative(cls, v: float, info) -> float:
         if v < 0.0 or not math.isfinite(v):
             raise ValueError(f"{info.field_name} must be a finite value >= 0, got {v}")
         return v

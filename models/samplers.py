@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["PopularitySampler"]
+__all__ = ["PopularitySampler", "logq_tables"]
 
 
 class PopularitySampler:
@@ -81,3 +81,38 @@ class PopularitySampler:
         out = self._store[self._ptr : self._ptr + n]
         self._ptr += n
         return out
+
+
+def logq_tables(
+    counts: np.ndarray,
+    batch_size: int,
+    sampler: PopularitySampler | None,
+    n_sample: int,
+    mode: str = "expected",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-item log Q for target columns and for extra-sample columns: two (N,) float32 tables.
+
+    The logQ correction of the sampled cross-entropy uses, for every column, the log of the
+    expected number of times its item appears among the B + S sampled columns::
+
+        Q_j = B * p_pop(j) + S * p_alpha(j)
+
+    with ``p_pop`` the training popularity (mini-batch targets are drawn, in effect, in
+    proportion to popularity, seed 003 section 3.1.2) and ``p_alpha`` the extra-sample
+    distribution; ``sum_{columns} exp(s_j) / Q_j`` is then an unbiased estimate of the full
+    softmax partition.  ``expected``: both tables are ``log Q``; ``official`` (the authors'
+    code): ``log count`` for target columns and ``alpha * log count`` for the extra samples.
+    Items that never occur get count 1 (they cannot be a target; a finite value keeps the
+    arithmetic safe).
+    """
+    c = np.maximum(counts.astype(np.float64), 1.0)
+    if mode == "official":
+        alpha = sampler.alpha if sampler is not None else 1.0
+        t = torch.from_numpy(np.log(c)).float()
+        return t, torch.from_numpy(alpha * np.log(c)).float()
+    p_pop = c / c.sum()
+    q = batch_size * p_pop
+    if sampler is not None and n_sample > 0:
+        q = q + n_sample * sampler.prob.numpy()
+    t = torch.from_numpy(np.log(q)).float()
+    return t, t

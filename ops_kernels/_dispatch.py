@@ -52,7 +52,7 @@ def _triton_import_error() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "the 'triton' package is not installed (pip install triton)"
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception as exc:  # pragma: no cover - depends on the install
         return f"'import triton' failed: {exc!r}"

@@ -115,3 +115,57 @@ def check_item_index(ckpt_item_ids: list[str], data_item_ids: list[str], where: 
         f"item index mismatch{(' ' + where) if where else ''}: checkpoint has {n_a} items, "
         f"data has {n_b}; first difference at item_idx {first}"
     )
+
+
+@dataclass
+class LoadedModel:
+    """A registered model rebuilt from a checkpoint: the spec, its typed config, the module
+    (eval mode, unsharded single-device layout) and the raw checkpoint."""
+
+    spec: Any
+    config: Any
+    model: torch.nn.Module
+    checkpoint: LoadedCheckpoint
+
+    @property
+    def item_ids(self) -> list[str]:
+        return self.checkpoint.item_ids
+
+    def scorer(self):
+        """The spec's session scorer over the model (evaluation and serving)."""
+        if self.spec.scorer is None:
+            raise CheckpointError(f"model {self.spec.name!r} ({self.spec.kind}) has no session scorer")
+        return self.spec.scorer(self.model)
+
+
+def load_model(
+    directory: str | os.PathLike, expected_item_ids: list[str] | None = None, kind: str | None = None
+) -> LoadedModel:
+    """Rebuild the registered model a checkpoint holds (``weights_only`` loading, strict keys).
+
+    ``kind`` (``session``, ``daily``) refuses a checkpoint of another kind with a clear error;
+    ``expected_item_ids`` checks the checkpoint's item index against the data's."""
+    from rayrec.models import registry
+
+    ck = load_checkpoint(directory)
+    mcfg = ck.config.get("model") if isinstance(ck.config, dict) else None
+    if not isinstance(mcfg, dict) or "name" not in mcfg:
+        raise CheckpointError(f"checkpoint {directory}: config.json has no model.name")
+    try:
+        spec = registry.get(mcfg["name"])
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {directory}: {exc.args[0]}") from None
+    if kind is not None and spec.kind != kind:
+        raise CheckpointError(
+            f"checkpoint {directory} holds {spec.name!r}, a {spec.kind} model; a {kind} model is needed"
+        )
+    if expected_item_ids is not None:
+        check_item_index(ck.item_ids, expected_item_ids, where=f"between {directory} and the data")
+    cfg = spec.config_cls.model_validate(mcfg)
+    model = spec.build(cfg, len(ck.item_ids))
+    try:
+        model.load_state_dict(ck.model_state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {directory}: weights do not fit {spec.name!r}: {exc}") from None
+    model.eval()
+    return LoadedModel(spec, cfg, model, ck)

@@ -62,7 +62,7 @@ def load_items(root: str) -> pd.DataFrame:
 
 def session_arrays(root: str, name: str):
     """A split as :class:`SessionArrays` (sessions by start time, events by time)."""
-    from rayrec.platform.training.session_parallel import SessionArrays
+    from rayrec.models.session_parallel import SessionArrays
 
     df = load_split(root, name, ["session_id", "item_idx", "ts"])
     if df.empty:

@@ -35,9 +35,10 @@ $PY - "$CFG" <<PYEOF
 import sys, yaml
 cfg = yaml.safe_load(open("serve_apps/configs/recommender.yaml"))
 args = cfg["applications"][0]["args"]
-args.update(model_dir="$PWD/runs/cluster-demo", store_path="$PWD/outputs/cluster-demo/recs.db",
-            session_store="sqlite:///$PWD/outputs/cluster-demo/sessions.db",
-            event_log_dir="$PWD/outputs/cluster-demo/events")
+args["session"].update(model_dir="$PWD/runs/cluster-demo",
+                       store="sqlite:///$PWD/outputs/cluster-demo/sessions.db")
+args["daily"]["store_path"] = "$PWD/outputs/cluster-demo/recs.db"
+args["events"]["log_dir"] = "$PWD/outputs/cluster-demo/events"
 yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
 PYEOF
 mkdir -p outputs/cluster-demo

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from rayrec.ops_kernels._dispatch import resolve_backend
 from rayrec.ops_kernels.decayed_bag.reference import decayed_bag_reference
 

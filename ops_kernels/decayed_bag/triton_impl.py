@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from rayrec.ops_kernels._dispatch import triton_interpret
 from rayrec.ops_kernels.decayed_bag.reference import decay_weights
 
@@ -41,7 +42,7 @@ def _bag_kernel(w_ptr, idx_ptr, off_ptr, days_ptr, out_ptr, H, stride_w, decay,
 
 class DecayedBagTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, item_idx, offsets, days_ago, decay):  # noqa: ANN001, ANN205
+    def forward(ctx, weight, item_idx, offsets, days_ago, decay):
         weight = weight.contiguous()
         b = offsets.numel() - 1
         hsz = weight.shape[1]
@@ -58,7 +59,7 @@ class DecayedBagTriton(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         item_idx, offsets, days_ago = ctx.saved_tensors
         shape, dtype, decay = ctx.meta
         if not ctx.needs_input_grad[0]:
@@ -71,6 +72,6 @@ class DecayedBagTriton(torch.autograd.Function):
         return dw.to(dtype), None, None, None, None
 
 
-def decayed_bag_triton(weight, item_idx, offsets, days_ago, decay):  # noqa: ANN001, ANN201
+def decayed_bag_triton(weight, item_idx, offsets, days_ago, decay):
     """(B, H); same contract as ``decayed_bag_reference``."""
     return DecayedBagTriton.apply(weight, item_idx, offsets, days_ago, decay)

@@ -6,6 +6,7 @@ Public entry point: :func:`gru_step`.
 from __future__ import annotations
 
 import torch
+
 from rayrec.ops_kernels._dispatch import resolve_backend
 from rayrec.ops_kernels.gru_step.reference import gru_step_reference
 

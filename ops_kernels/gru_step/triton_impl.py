@@ -57,7 +57,7 @@ def _update_kernel(gx_ptr, u_ptr, hm_ptr, z_ptr, c_ptr, out_ptr, B, H, stride_gx
 
 class GRUStepTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gx, h_prev, w_rz, w_h, reset):  # noqa: ANN001, ANN205
+    def forward(ctx, gx, h_prev, w_rz, w_h, reset):
         gx = gx.contiguous()
         h_prev = h_prev.contiguous()
         b, hsz = h_prev.shape
@@ -84,7 +84,7 @@ class GRUStepTriton(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         hm, r, z, c, rh, w_rz, w_h, reset = ctx.saved_tensors
         gx_dtype, h_dtype = ctx.dtypes
         g = g.float()
@@ -103,6 +103,6 @@ class GRUStepTriton(torch.autograd.Function):
         return dgx, dh.to(h_dtype), dwrz.to(w_rz.dtype), dwh.to(w_h.dtype), None
 
 
-def gru_step_triton(gx, h_prev, w_rz, w_h, reset=None):  # noqa: ANN001, ANN201
+def gru_step_triton(gx, h_prev, w_rz, w_h, reset=None):
     """h_new (B, H); same contract as ``gru_step_reference``."""
     return GRUStepTriton.apply(gx, h_prev, w_rz, w_h, reset)

@@ -7,6 +7,7 @@ Both dispatch through ``RAYREC_KERNELS`` (see ``rayrec.ops_kernels._dispatch``).
 from __future__ import annotations
 
 import torch
+
 from rayrec.ops_kernels._dispatch import resolve_backend
 from rayrec.ops_kernels.linear_ce.reference import linear_ce_reference
 
@@ -15,7 +16,7 @@ __all__ = ["linear_cross_entropy", "sampled_linear_cross_entropy"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _check_common(hidden, weight, bias, log_q, reduction, n_cols):  # noqa: ANN001, ANN202
+def _check_common(hidden, weight, bias, log_q, reduction, n_cols):
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be (B, D), got shape {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
@@ -38,7 +39,7 @@ def _reduce(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_row.mean() if per_row.numel() else per_row.sum() * 0.0
 
 
-def _run(hidden, weight, bias, pos, adj, col_items, nb, mask_samples, chunk, backend):  # noqa: ANN001, ANN202
+def _run(hidden, weight, bias, pos, adj, col_items, nb, mask_samples, chunk, backend):
     which = resolve_backend("linear_cross_entropy", hidden.device, backend)
     if which == "triton":
         from rayrec.ops_kernels.linear_ce.triton_impl import linear_ce_triton

@@ -42,7 +42,7 @@ class _Chunker:
     ``(B, c)`` block for the bias or the shift.
     """
 
-    def __init__(self, weight, bias, adj, chunk):  # noqa: ANN001
+    def __init__(self, weight, bias, adj, chunk):
         d = weight.shape[1]
         self.weight, self.bias, self.adj, self.d = weight, bias, adj, d
         self.buf = torch.empty(min(chunk, weight.shape[0]), d + 2, device=weight.device)
@@ -66,7 +66,7 @@ def _hx(h: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.cat([h, torch.ones_like(shift)[:, None], -shift[:, None]], dim=1)
 
 
-def _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples):  # noqa: ANN001, ANN202
+def _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples):
     """-inf at accidental hits inside the chunk (in place)."""
     if col_items is None:
         return z
@@ -78,7 +78,7 @@ def _mask_chunk(z, col_items, pos, pos_items, c0, c1, n_batch_cols, mask_samples
     return z.masked_fill_(hit, float("-inf"))
 
 
-def _lse(h, weight, bias, adj, col_items, pos, n_batch_cols, mask_samples, chunk):  # noqa: ANN001, ANN202
+def _lse(h, weight, bias, adj, col_items, pos, n_batch_cols, mask_samples, chunk):
     """Row-wise logsumexp over all columns, chunk by chunk: (B,).
 
     The running value ``lse`` is the shift of the next chunk (folded into the matmul), so
@@ -113,7 +113,7 @@ class LinearCEReference(torch.autograd.Function):
     """Per-row losses ``(B,)``; gradients for hidden, weight and bias."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, pos, adj, col_items, n_batch_cols, mask_samples, chunk):  # noqa: ANN001, ANN205
+    def forward(ctx, hidden, weight, bias, pos, adj, col_items, n_batch_cols, mask_samples, chunk):
         h = hidden.float()  # (B, D)
         lse = _lse(h, weight, bias, adj, col_items, pos, n_batch_cols, mask_samples, chunk)
         wt = weight[pos].float()  # (B, D): the positive columns
@@ -127,7 +127,7 @@ class LinearCEReference(torch.autograd.Function):
         return lse - zpos
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         hidden, weight, bias, pos, adj, col_items, lse = ctx.saved_tensors
         n_batch_cols, mask_samples, chunk = ctx.meta
         need_h, need_w, need_b = ctx.needs_input_grad[:3]

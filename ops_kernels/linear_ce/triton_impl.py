@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from rayrec.ops_kernels._dispatch import triton_interpret
 
 __all__ = ["LinearCETriton", "linear_ce_triton"]
@@ -197,7 +198,7 @@ class LinearCETriton(torch.autograd.Function):
     """Per-row losses ``(B,)`` of the fused linear cross-entropy, Triton kernels."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, pos, adj, col_items, n_batch_cols, mask_samples):  # noqa: ANN001, ANN205
+    def forward(ctx, hidden, weight, bias, pos, adj, col_items, n_batch_cols, mask_samples):
         hidden = hidden.contiguous()
         weight = weight.contiguous()
         bsz, d = hidden.shape
@@ -232,7 +233,7 @@ class LinearCETriton(torch.autograd.Function):
         return lse - zpos
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         hidden, weight, bias, pos, adj, col_items, pos_items, lse = ctx.saved_tensors
         n_batch_cols, mask_samples = ctx.meta
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -272,7 +273,7 @@ class LinearCETriton(torch.autograd.Function):
         return dh, dw, db, None, None, None, None, None
 
 
-def linear_ce_triton(hidden, weight, bias, pos, adj=None, col_items=None, n_batch_cols=0,  # noqa: ANN001, ANN201
+def linear_ce_triton(hidden, weight, bias, pos, adj=None, col_items=None, n_batch_cols=0,
                      mask_samples=True):
     """Per-row losses ``(B,)`` (same arguments as ``linear_ce_reference``, no chunk)."""
     return LinearCETriton.apply(hidden, weight, bias, pos, adj, col_items, n_batch_cols,

@@ -6,6 +6,7 @@ Public entry point: :func:`sampled_ranking_loss` (BPR-max, TOP1-max, cross-entro
 from __future__ import annotations
 
 import torch
+
 from rayrec.ops_kernels._dispatch import resolve_backend
 from rayrec.ops_kernels.ranking_losses.reference import LOSSES, ranking_loss_reference
 

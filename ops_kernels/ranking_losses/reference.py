@@ -57,7 +57,7 @@ def _softmax_valid(s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return e / tot.masked_fill(tot == 0, 1.0)
 
 
-def _forward_backward(s, valid, name, bpreg, adj):  # noqa: ANN001, ANN202
+def _forward_backward(s, valid, name, bpreg, adj):
     """Per-row losses (B,) and d(loss_i)/d s_i. (B, C), all fp32."""
     b = s.shape[0]
     eye = torch.zeros_like(valid)
@@ -97,14 +97,14 @@ def _forward_backward(s, valid, name, bpreg, adj):  # noqa: ANN001, ANN202
 
 class RankingLossReference(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scores, valid, name, bpreg, adj):  # noqa: ANN001, ANN205
+    def forward(ctx, scores, valid, name, bpreg, adj):
         loss, grad = _forward_backward(scores.float(), valid, name, bpreg, adj)
         ctx.save_for_backward(grad)
         ctx.in_dtype = scores.dtype
         return loss
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         (grad,) = ctx.saved_tensors
         return (grad * g.float().unsqueeze(1)).to(ctx.in_dtype), None, None, None, None
 

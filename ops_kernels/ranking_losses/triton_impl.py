@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from rayrec.ops_kernels._dispatch import triton_interpret
 
 __all__ = ["ranking_loss_triton"]
@@ -148,7 +149,7 @@ def _block(c: int) -> int:
 
 class RankingLossTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scores, cols, mask_sample_hits, name, bpreg, adj):  # noqa: ANN001, ANN205
+    def forward(ctx, scores, cols, mask_sample_hits, name, bpreg, adj):
         scores = scores.contiguous()
         b, c = scores.shape
         loss = torch.empty(b, device=scores.device, dtype=torch.float32)
@@ -167,7 +168,7 @@ class RankingLossTriton(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, g):  # noqa: ANN001, ANN205
+    def backward(ctx, g):
         scores, cols, adj, stats = ctx.saved_tensors
         b, c = scores.shape
         ds = torch.empty_like(scores)
@@ -180,6 +181,6 @@ class RankingLossTriton(torch.autograd.Function):
         return ds, None, None, None, None, None
 
 
-def ranking_loss_triton(scores, name, cols=None, mask_sample_hits=True, bpreg=1.0, adj=None):  # noqa: ANN001, ANN201
+def ranking_loss_triton(scores, name, cols=None, mask_sample_hits=True, bpreg=1.0, adj=None):
     """Per-row losses (B,), same contract as ``ranking_loss_reference``."""
     return RankingLossTriton.apply(scores, cols, mask_sample_hits, name, bpreg, adj)

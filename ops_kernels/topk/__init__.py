@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from rayrec.ops_kernels._dispatch import KernelUnavailableError, requested_backend, resolve_backend
 from rayrec.ops_kernels.topk.reference import finalize, topk_reference
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from rayrec.ops_kernels._dispatch import triton_interpret
 
 __all__ = ["MAX_KP", "topk_triton"]

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from rayrec.models.daily_nn import SparseBatch, clip_catalog
 
+from rayrec.models.daily_nn import SparseBatch, clip_catalog
 from rayrec.platform import data as pdata
-from rayrec.platform.daily.config import SyntheticDailyData
+from rayrec.platform.sections import SyntheticData
 
 __all__ = [
     "DAY_MS",
@@ -263,7 +263,7 @@ def load_catalog(root: str, catalog_size: int | None) -> Catalog:
     return build_catalog(pdata.load_items(root), catalog_size)
 
 
-def synthetic_windows(cfg: SyntheticDailyData, ref: str = "2020-01-01") -> UserWindows:
+def synthetic_windows(cfg: SyntheticData, ref: str = "2020-01-01") -> UserWindows:
     """Random users with Zipf-like item popularity (benchmarks, the P = 1M demo)."""
     rng = np.random.default_rng(cfg.seed)
     U, P = cfg.n_users, cfg.n_items

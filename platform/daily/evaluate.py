@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from rayrec.models.daily_nn import DECAY_BUCKETS, DECAY_HORIZON_DAYS, fit_parametric_decay
 
-from rayrec.platform.daily.config import DailyTrainJobConfig
+from rayrec.models.daily_nn import DECAY_BUCKETS, DECAY_HORIZON_DAYS, fit_parametric_decay
 from rayrec.platform.daily.data import UserWindows, load_catalog, load_windows
 from rayrec.platform.evaluation.protocols import evaluate_future_window
+from rayrec.platform.training.config import TrainJobConfig
 
 __all__ = [
     "COMPARISON_ROWS",
@@ -159,24 +159,25 @@ def table_markdown(rows: list[dict[str, Any]], ks: Sequence[int]) -> str:
 
 
 def compare_ml100k(
-    base: DailyTrainJobConfig,
+    base: TrainJobConfig,
     out_dir: str | Path,
     seeds: Sequence[int] = (0,),
     rows: Sequence[tuple[str, dict[str, Any]]] = COMPARISON_ROWS,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train every comparison row in-process on ``base.data.path`` and evaluate it on the
-    test windows (``base.data.test_prefix``); POP and Item-KNN rows are added.  Metrics are
+    test windows (``base.data.test_split``); POP and Item-KNN rows are added.  Metrics are
     averaged over ``seeds``.  Writes ``comparison.md``, ``comparison.json`` and, for the
     learned-decay rows, ``decay_<row>.png``."""
-    from rayrec.platform.daily.trainer import fit_daily, load_daily_model
+    from rayrec.platform.daily.trainer import load_daily_model
+    from rayrec.platform.training.trainer import fit
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ks = list(base.train.ks)
+    ks = list(base.eval.ks)
     cat = load_catalog(base.data.path, base.data.catalog_size)
-    test = load_windows(base.data.path, base.data.test_prefix, cat)
-    observed = observed_buckets(load_windows(base.data.path, base.data.train_prefix, cat))
+    test = load_windows(base.data.path, base.data.test_split, cat)
+    observed = observed_buckets(load_windows(base.data.path, base.data.train_split, cat))
     results: list[dict[str, Any]] = []
     for label, fn in (("POP", pop_scores(test)), ("Item-KNN", item_knn_scores(test))):
         m = evaluate_scores(fn, test, ks)
@@ -194,12 +195,12 @@ def compare_ml100k(
                 "train": base.train.model_copy(update={"seed": seed}),
                 "run": base.run.model_copy(update={"name": f"compare_{slug}", "storage_path": str(out / "runs")}),
             })
-            res = fit_daily(cfg, log=lambda _m: None)
+            res = fit(cfg, log=lambda _m: None)
             model, _, _ = load_daily_model(res.checkpoint_dir)
             def score(users: np.ndarray, model=model) -> torch.Tensor:
                 inputs, _ = test.batch(users)
                 with torch.no_grad():
-                    return model.scores(model(inputs))
+                    return model.score(model(inputs))
             per_seed.append(evaluate_scores(score, test, ks))
             if over["decay"] == "learned":
                 curves.append([float(x) for x in model.learned_decay_curve()])

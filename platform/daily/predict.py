@@ -7,7 +7,7 @@ up to the as-of date; the online service only reads them.  :func:`batch_predict`
    the as-of date) from a ``date_windows`` split;
 2. scores them with Ray Data ``map_batches`` and the class UDF :class:`TopKScorer`
    (``concurrency`` actors, the checkpoint loaded once per actor in ``__init__``), or in
-   this process when ``use_ray`` is false;
+   this process when ``ray.use_ray`` is false;
 3. returns rows ``(user_id, item ids, probabilities)``, best first, with the user's
    already-consumed products excluded (section 5: previous purchases are not recommended);
    scoring, exclusion and top-K are one fused ``rayrec.ops_kernels.topk_scores`` call
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from rayrec.models.daily_nn import SparseBatch
-from rayrec.ops_kernels import topk_scores
 
+from rayrec.models.daily_nn import DailyNN, SparseBatch
+from rayrec.ops_kernels import topk_scores
 from rayrec.platform.daily.config import PredictConfig
 from rayrec.platform.daily.data import UserWindows
 from rayrec.platform.store import RecommendationStore, Row
@@ -86,16 +86,10 @@ def _exclusions(inputs: SparseBatch) -> torch.Tensor:
     return out
 
 
-def output_table(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output layer of a 1-rank daily model as ``(weight (P, H2), bias (P,))``.
-
-    ``ShardedDailyNN`` stores ``W_L`` column-parallel as ``(H2, P)`` (eq. 3's output layer);
-    ``DailyNN`` as an ``nn.Linear`` ``(P, H2)``."""
-    out = getattr(model, "output", None)
-    if out is not None:
-        if getattr(model, "world_size", 1) != 1:
-            raise ValueError("batch prediction needs a 1-rank model (load_daily_model)")
-        return out.weight.t(), out.bias
+def output_table(model: DailyNN) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output layer of a whole-catalog daily model as ``(weight (P, H2), bias (P,))``."""
+    if model.is_sharded:
+        raise ValueError("batch prediction needs the whole-catalog model (load_daily_model)")
     return model.output_layer.weight, model.output_layer.bias
 
 
@@ -133,12 +127,13 @@ class TopKScorer:
                              "rec_items": rec_items, "rec_scores": rec_scores})
 
 
-def batch_predict(checkpoint: str, windows: UserWindows, cfg: PredictConfig) -> list[Row]:
-    """Top-K rows for every user of ``windows`` (Ray Data when ``cfg.use_ray``)."""
+def batch_predict(checkpoint: str, windows: UserWindows, cfg: PredictConfig, use_ray: bool = True) -> list[Row]:
+    """Top-K rows for every user of ``windows`` (Ray Data actors with ``use_ray``, else this
+    process: the job's ``ray.use_ray``)."""
     df = user_rows(windows)
     if df.empty:
         return []
-    if not cfg.use_ray:
+    if not use_ray:
         scorer = TopKScorer(checkpoint, cfg.k, torch_threads=None)
         out = [scorer(df.iloc[a : a + cfg.batch_size]) for a in range(0, len(df), cfg.batch_size)]
         res = pd.concat(out, ignore_index=True)

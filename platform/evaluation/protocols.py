@@ -18,12 +18,13 @@ Every result dict records its ``"protocol"``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
-from rayrec.ops_kernels import pad_exclusions, topk_scores
 
+from rayrec.models.contract import SessionScorer
+from rayrec.ops_kernels import pad_exclusions, topk_scores
 from rayrec.platform.evaluation.metrics import (
     RankAccumulator,
     catalog_coverage,
@@ -40,29 +41,6 @@ __all__ = [
     "evaluate_future_window_topk",
     "evaluate_sampled_candidates",
 ]
-
-
-@runtime_checkable
-class SessionScorer(Protocol):
-    """A model that scores the next item of many sessions at once, one event at a time."""
-
-    n_items: int
-
-    def init_state(self, batch_size: int) -> Any:
-        """State for ``batch_size`` fresh rows."""
-        ...
-
-    def step(
-        self, state: Any, items: torch.Tensor, reset: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        """items (B,) long: current event's item_idx per row; reset (B,) bool: this row starts
-        a new session (forget its state first). Returns scores (B, n_items) for the NEXT item
-        and the new state."""
-        ...
-
-    def select(self, state: Any, rows: torch.Tensor) -> Any:
-        """Keep only these batch rows of the state (used when sessions run out)."""
-        ...
 
 
 def validate_csr(offsets: np.ndarray, items: np.ndarray, n_items: int | None = None) -> None:

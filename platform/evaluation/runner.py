@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from rayrec.models import registry
 
+from rayrec.models import registry
 from rayrec.platform import data
 from rayrec.platform.evaluation.protocols import evaluate_next_item
 
@@ -24,20 +24,12 @@ def fit_baseline(name: str, train, n_items: int, params: dict[str, Any] | None =
 
 
 def scorer_from_checkpoint(path: str, expected_item_ids: list[str] | None = None):
-    """Load a session-model checkpoint (weights_only) and wrap it as a SessionScorer."""
-    from rayrec.platform.checkpoint import check_item_index, load_checkpoint
+    """Load a session-model checkpoint (weights_only) and return ``(scorer, checkpoint)``: the
+    registered model's ``SessionScorer`` (``ModelSpec.scorer``) over the rebuilt model."""
+    from rayrec.platform.checkpoint import load_model
 
-    ck = load_checkpoint(path)
-    if expected_item_ids is not None:
-        check_item_index(ck.item_ids, expected_item_ids, where=f"between {path} and the data")
-    model_cfg = ck.config["model"]
-    entry = registry.get(model_cfg["name"])
-    cfg = entry.config_cls(**model_cfg)
-    model = entry.build(cfg, len(ck.item_ids))
-    model.load_state_dict(ck.model_state)
-    if not hasattr(model, "scorer"):
-        raise ValueError(f"model {model_cfg['name']!r} has no session scorer")
-    return model.scorer(), ck
+    loaded = load_model(path, expected_item_ids, kind="session")
+    return loaded.scorer(), loaded.checkpoint
 
 
 def evaluate_baselines(

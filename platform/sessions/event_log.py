@@ -65,7 +65,7 @@ class EventLog:
         self,
         directory: str | os.PathLike[str],
         *,
-        format: Literal["csv", "parquet"] = "csv",  # noqa: A002
+        format: Literal["csv", "parquet"] = "csv",
         rotate_bytes: int = 64 << 20,
         rotate_daily: bool = True,
         fsync: bool = True,
@@ -130,7 +130,7 @@ class EventLog:
             self._day = day
             self._path = self._next_path(day)
             if self.format == "csv":
-                self._fh = open(self._path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+                self._fh = open(self._path, "a", newline="", encoding="utf-8")
                 self._fh.write(",".join(COLUMNS) + "\n")
             else:
                 self._pq = pq.ParquetWriter(str(self._path) + ".inprogress", INTERACTIONS)

@@ -43,7 +43,7 @@ class RedisSessionStore(SessionStore):
         *,
         prefix: str = "rayrec:",
         socket_timeout_s: float = 2.0,
-        client=None,  # noqa: ANN001 - a redis.Redis
+        client=None,
     ) -> None:
         import redis
 
@@ -91,7 +91,7 @@ class RedisSessionStore(SessionStore):
         p.execute()
         return n
 
-    def _incr(self, p, item_ids: Iterable[str]) -> None:  # noqa: ANN001
+    def _incr(self, p, item_ids: Iterable[str]) -> None:
         counts: dict[str, int] = {}
         for i in item_ids:
             counts[i] = counts.get(i, 0) + 1
@@ -131,7 +131,7 @@ class RedisSessionStore(SessionStore):
     def ping(self) -> bool:
         try:
             return bool(self.r.ping())
-        except Exception:  # noqa: BLE001 - any connection error means unhealthy
+        except Exception:
             return False
 
     def delete_prefix(self) -> int:
@@ -144,5 +144,5 @@ class RedisSessionStore(SessionStore):
     def close(self) -> None:
         try:
             self.r.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass

@@ -1,95 +1,145 @@
-"""``TrainJobConfig``: the typed config of ``rayrec.jobs.train`` (and of Tune trials)."""
+"""``TrainJobConfig``: the typed config of ``rayrec.jobs.train``, of Tune trials and of the
+daily job's training step, for every registered model.
+
+``model:`` is the union of the registered models' configs, discriminated by ``model.name``
+(:func:`rayrec.models.registry.get`); the registry is the only place that knows models.
+A model's spec may set job defaults (``ModelSpec.job_defaults``): platform defaults < the
+spec's < YAML < dotted overrides.  Keys of the vocabulary before the model contract give an
+error naming their new key (:data:`MOVED_KEYS`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-from rayrec.models.gru4rec import GRU4RecConfig
-from rayrec.models.losses import LossConfig
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from rayrec.platform.config import StrictModel
+from rayrec.models import registry
+from rayrec.platform.config import StrictModel, allowed_keys
+from rayrec.platform.sections import (
+    DataSection,
+    EvalSection,
+    RaySection,
+    RunSection,
+    ScalingSection,
+    TrainSection,
+)
 from rayrec.platform.training.optim import OptimConfig
 
+__all__ = ["MOVED_KEYS", "TrainJobConfig", "resolve_model_config"]
 
-class TrainDataConfig(StrictModel):
-    path: str = "outputs/rsc15-100k"
-    """A preprocess job's output directory (local path or pyarrow URI)."""
-    train_split: str = "train_full"
-    valid_split: str | None = "test"
-    """Evaluated (next_item) after every epoch and reported with the checkpoint."""
-
-
-class LoopConfig(StrictModel):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
-    seed: int = 0
-    shuffle_sessions: bool = False
-    """Seed 003 orders sessions by start time; shuffling is an option, off by default."""
-    eval_every: int = Field(1, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
-    cutoffs: list[int] = Field(default_factory=lambda: [5, 10, 20])
-    max_steps_per_epoch: int | None = Field(None, ge=1)
-    """Cap for smoke tests and benchmarks."""
-    fail_at_epoch: int | None = None
-    """Testing aid: rank 1 (or 0 in a 1-worker run) raises once, after the checkpoint of this
-    epoch, to exercise FailureConfig-based recovery."""
+#: old dotted key -> its new key (or a sentence saying what replaces it)
+MOVED_KEYS: dict[str, str] = {
+    "loss": "model.loss",
+    "train.cutoffs": "eval.ks",
+    "train.ks": "eval.ks",
+    "train.eval_every": "eval.every",
+    "train.eval_batch_size": "eval.batch_size",
+    "train.shuffle_sessions": "train.shuffle",
+    "data.train_prefix": "data.train_split",
+    "data.valid_prefix": "data.valid_split",
+    "data.test_prefix": "data.test_split",
+    "optim.decay_lr_multiplier": "optim.lr_multipliers.decay",
+}
 
 
-class ScalingConfig_(StrictModel):
-    num_workers: int = Field(1, ge=0)
-    """0 runs the loop in this process (no Ray Train); >= 1 a TorchTrainer."""
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    torch_threads: int | None = Field(None, ge=1)
-    engine: Literal["ddp", "deepspeed"] = "ddp"
-    zero_stage: int = Field(0, ge=0, le=3)
-    bf16: bool = False
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    """Ray Train's placement of the worker group: PACK (Ray's default) fills nodes one by one;
-    STRICT_SPREAD puts every worker on a different node (the run fails to schedule when the
-    cluster has fewer nodes than workers)."""
-    resources_per_worker: dict[str, float] = Field(default_factory=dict)
-    """Custom resources each worker needs besides ``cpus_per_worker`` (and 1 GPU with
-    ``use_gpu``), e.g. ``{trainer: 1}`` to keep workers on nodes that offer ``trainer``."""
-
-    @model_validator(mode="after")
-    def _check(self) -> ScalingConfig_:
-        reserved = {"CPU", "GPU", "memory", "object_store_memory"} & set(self.resources_per_worker)
-        if reserved:
-            raise ValueError(
-                f"scaling.resources_per_worker: {sorted(reserved)} are set by cpus_per_worker / "
-                "use_gpu; list custom resources only"
-            )
-        bad = {k: v for k, v in self.resources_per_worker.items() if not v > 0}
-        if bad:
-            raise ValueError(f"scaling.resources_per_worker: amounts must be > 0, got {bad}")
-        if self.bf16 and not self.use_gpu:
-            raise ValueError("scaling.bf16 needs scaling.use_gpu=true (CPU training runs in fp32)")
-        if self.zero_stage and self.engine != "deepspeed":
-            raise ValueError("scaling.zero_stage needs scaling.engine=deepspeed")
-        return self
+def _moved(data: dict[str, Any]) -> None:
+    for old, new in MOVED_KEYS.items():
+        head, _, tail = old.partition(".")
+        node = data.get(head)
+        if (not tail and head in data) or (tail and isinstance(node, dict) and tail in node):
+            raise ValueError(f"{old} was renamed: use {new}")
+    sc = data.get("scaling")
+    if isinstance(sc, dict) and sc.get("num_workers") == 0:
+        raise ValueError("scaling.num_workers=0 was renamed: use ray.use_ray=false to train in this process")
+    if isinstance(sc, dict) and sc.get("engine") == "torch":
+        raise ValueError("scaling.engine=torch was renamed: use scaling.engine=tensor_parallel")
 
 
-class RunConfig_(StrictModel):
-    name: str = "gru4rec"
-    storage_path: str = "runs"
-    """Local path or URI; re-running the same name continues from the last checkpoint."""
-    max_failures: int = Field(0, ge=-1)
-    keep_checkpoints: int | None = Field(2, ge=1)
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
-class RayInitConfig(StrictModel):
-    address: str | None = None
-    num_cpus: int | None = None
+def resolve_model_config(value: Any) -> BaseModel:
+    """``model:`` (a mapping with ``name``) -> the registered model's typed config."""
+    if isinstance(value, BaseModel):
+        spec = registry.get(getattr(value, "name", ""))
+        if not isinstance(value, spec.config_cls):
+            raise ValueError(f"model: a {type(value).__name__} is not {spec.name}'s config")
+        return value
+    names = ", ".join(s.name for s in registry.trainable_specs())
+    if not isinstance(value, dict) or "name" not in value:
+        raise ValueError(f"model.name is required: one of {names}")
+    try:
+        spec = registry.get(str(value["name"]))
+    except KeyError:
+        raise ValueError(f"model.name: unknown model {value['name']!r}; trainable models: {names}") from None
+    if not spec.trainable:
+        raise ValueError(f"model.name: {spec.name!r} is a {spec.kind} (not trained by this job); "
+                         f"trainable models: {names}")
+    try:
+        return spec.config_cls.model_validate(value)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            path = ".".join(str(p) for p in ("model", *e["loc"]))
+            if e["type"] == "extra_forbidden":
+                allowed = allowed_keys(spec.config_cls, tuple(e["loc"][:-1]))
+                lines.append(f"{path}: unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else ""))
+            else:
+                lines.append(f"{path}: {e['msg']} (got {str(e.get('input'))[:80]!r})")
+        raise ValueError("; ".join(lines)) from None
 
 
 class TrainJobConfig(StrictModel):
-    model: GRU4RecConfig = Field(default_factory=GRU4RecConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
+    model: Any = Field(None, validate_default=True)
+    """The registered model's config (``model.name`` picks it: gru4rec, daily_nn, ...)."""
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    data: TrainDataConfig = Field(default_factory=TrainDataConfig)
-    train: LoopConfig = Field(default_factory=LoopConfig)
-    scaling: ScalingConfig_ = Field(default_factory=ScalingConfig_)
-    run: RunConfig_ = Field(default_factory=RunConfig_)
-    ray: RayInitConfig = Field(default_factory=RayInitConfig)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    run: RunSection = Field(default_factory=RunSection)
+    ray: RaySection = Field(default_factory=RaySection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_and_renames(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        _moved(data)
+        model = data.get("model")
+        if isinstance(model, dict) and "name" in model:
+            try:
+                spec = registry.get(str(model["name"]))
+            except KeyError:
+                return data  # reported by the model field
+            defaults = _deep_merge({"run": {"name": spec.name}}, spec.job_defaults)
+            data = _deep_merge(defaults, data)
+        return data
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> Any:
+        return resolve_model_config(v)
+
+    @model_validator(mode="after")
+    def _engine(self) -> TrainJobConfig:
+        spec = registry.get(self.model.name)
+        sc = self.scaling
+        if spec.parallelism == "data" and sc.engine == "tensor_parallel":
+            raise ValueError(f"scaling.engine=tensor_parallel: {spec.name} is data parallel "
+                             "(use ddp or deepspeed)")
+        if spec.parallelism == "tensor" and self.ray.use_ray and sc.num_workers > 1:
+            if sc.engine == "ddp":
+                raise ValueError(f"scaling.engine=ddp: {spec.name} splits its catalog-wide tables across "
+                                 "workers; use tensor_parallel or deepspeed")
+            if sc.zero_stage > 1:
+                raise ValueError("scaling.zero_stage: the model is tensor-parallel over all workers, so "
+                                 "the data-parallel group has size 1; stages 2/3 would shard nothing")
+        if not self.ray.use_ray and sc.engine == "deepspeed":
+            raise ValueError("scaling.engine=deepspeed needs ray.use_ray=true (DeepSpeed runs on Ray Train)")
+        return self

@@ -1,26 +1,27 @@
-"""The per-worker training function of session models (GRU4Rec), for every engine.
+"""The one per-worker training loop of every registered model, for every engine.
 
-One function, :func:`train_worker`, runs
+:func:`train_worker` runs
 
-- in-process (``scaling.num_workers=0``, the plain loop and the benchmark's comparison row),
-- as a Ray Train ``TorchTrainer`` worker with plain DDP (``engine: ddp``),
-- as a Ray Train worker under DeepSpeed with ZeRO stage 0-3 (``engine: deepspeed``).
+- in this process (``ray.use_ray: false``: tests, benchmarks' plain-loop rows, Tune trials),
+- as a Ray Train ``TorchTrainer`` worker, the model wrapped by the engine of
+  ``scaling.engine``: ``ddp`` (DistributedDataParallel when world > 1), ``deepspeed``
+  (ZeRO stage 0-3; a model-parallel group over all workers for tensor-parallel models) or
+  ``tensor_parallel`` (the task builds this rank's slice; no wrapper).
 
-Each worker holds disjoint whole sessions (its Ray Data shard, or all sessions when
-alone) and runs the session-parallel loop of seed 003 section 3.1.1 over them.  Ranks
-can need different numbers of session-parallel steps; the shorter ones pad with
-zero-weighted steps so every collective (DDP all-reduce, DeepSpeed partition syncs) is
-matched, and every real training pair is still used exactly once per epoch.
-
-After every ``train.eval_every`` epochs rank 0 evaluates the ``next_item`` protocol on
-the validation split and all ranks report the metrics together with a checkpoint (Ray
-Train v2 keeps only reports that carry one).  Resume: a checkpoint found at start (the
-same run name, or the one Ray restores after a worker failure) continues from its epoch
-with its weights and optimiser state.
+What differs per model sits behind the task of its spec (``rayrec.models.contract.TrainTask``:
+build, parameter groups, batches, step loss, evaluate, full state); the loop owns the rest:
+seeding, the optimiser, the engine, padding of uneven data shards with zero-weighted steps
+(so every collective is matched and each real example is used exactly once per epoch),
+the evaluation cadence, one metric vocabulary (``loss``, ``examples``, ``examples_per_s``,
+``epoch_s`` and the protocol's ``recall@K`` / ``mrr@K`` / ``precision@K`` / ``pcc@K``),
+checkpoints (always the unsharded layout), reports, resume (weights, optimiser state, epoch)
+with the config's hyper-parameters re-applied (PBT), and failure injection.
 """
 
 from __future__ import annotations
 
+import json
+import resource
 import shutil
 import tempfile
 import time
@@ -32,39 +33,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from rayrec.models.gru4rec import GRU4Rec, GRU4RecScorer
-from rayrec.models.losses import sampled_loss
-from rayrec.models.samplers import PopularitySampler
 from torch import nn
 
+from rayrec.models import registry
+from rayrec.models.contract import TaskEnv
 from rayrec.platform.checkpoint import load_checkpoint, save_checkpoint
-from rayrec.platform.evaluation.protocols import evaluate_next_item
 from rayrec.platform.training.config import TrainJobConfig
-from rayrec.platform.training.optim import build_optimizer
-from rayrec.platform.training.session_parallel import SessionArrays, session_parallel_batches
-from rayrec.platform.training.steps import item_counts, logq_tables
+from rayrec.platform.training.families import TrainData, TrainingInputError, family_of
+from rayrec.platform.training.optim import apply_hyperparameters, build_optimizer
+
+__all__ = ["TrainingInputError", "WorkerContext", "run_local", "train_worker"]
 
 DS_SUBDIR = "deepspeed"
 DS_TAG = "engine"
-
-
-class TrainingInputError(ValueError):
-    """The data cannot be trained on (empty split, no pair, item index mismatch)."""
-
-
-class SampledStep(nn.Module):
-    """One session-parallel step as a single module call, so DDP and DeepSpeed see the whole
-    computation (GRU step + sampled output scores) inside ``forward``."""
-
-    def __init__(self, model: GRU4Rec) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, x: torch.Tensor, hidden: list[torch.Tensor], cols: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out, hidden = self.model(x, hidden)  # (B, H)
-        return self.model.score(out, cols), hidden  # (B, C)
+METRICS_FILE = "metrics.json"
 
 
 @dataclass
@@ -75,15 +57,15 @@ class WorkerContext:
     """report(metrics, checkpoint_dir or None)"""
     restore_dir: str | None
     """A checkpoint directory to resume from (None: fresh start)."""
-    train_sessions: SessionArrays
-    valid_sessions: SessionArrays | None
-    item_ids: list[str]
-    train_counts: np.ndarray
-    """Global training item counts (N,), identical on every rank (popularity, logQ)."""
+    data: TrainData
+    """This rank's training data (its shard under data parallelism), the validation data
+    (where this rank evaluates), the item index and the global counts."""
     log: Callable[[str], None] = print
+    restore_label: str | None = None
+    """How the log names the restored checkpoint (its storage path; default ``restore_dir``)."""
 
 
-def _barrier_max(value: int, world: int) -> int:
+def _all_max(value: int, world: int) -> int:
     if world == 1:
         return value
     t = torch.tensor([value], dtype=torch.int64)
@@ -99,150 +81,178 @@ def _all_sum(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
-def _count_steps(arrays: SessionArrays, batch_size: int, cap: int | None) -> int:
-    n = sum(1 for _ in session_parallel_batches(arrays, batch_size))
-    return min(n, cap) if cap else n
+def _gather_objects(value: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [value]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, value)
+    return out
 
 
-def _full_state(module: nn.Module, zero3: bool) -> dict[str, torch.Tensor]:
-    """The full (unpartitioned) state dict; collective under ZeRO-3."""
-    if zero3:
-        import deepspeed
-
-        params = list(module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
-    return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+def _jsonable(m: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(m, default=float))
 
 
-def train_worker(cfg: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
-    """Train ``cfg`` on this worker's sessions; returns the last reported metrics."""
-    sc, tr = cfg.scaling, cfg.train
-    threads = sc.torch_threads or max(1, int(sc.cpus_per_worker))
-    torch.set_num_threads(threads)
-    seed = tr.seed + 1000 * ctx.rank
+def _zero3_state(module: nn.Module, state_fn: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        return {k: v.detach().clone().cpu() for k, v in state_fn().items()}
+
+
+def _collectives(rank: int, world: int, n_items: int, tensor: bool) -> dict[str, Any]:
+    if not tensor:
+        return {}
+    from rayrec.platform.training import tensor_parallel as tp
+
+    out: dict[str, Any] = {"item_range": tp.shard_range(n_items, rank, world),
+                           "gather_state": tp.full_state, "load_state": tp.load_full_state}
+    if world > 1:
+        out.update(reduce_sum=tp.all_reduce_sum, copy_to_parallel=tp.copy_to_parallel, gather=tp.gather_cat)
+    return out
+
+
+class _MPU:
+    """DeepSpeed ``mpu`` for tensor-parallel models: model parallel over all ranks, data-parallel
+    groups of one (DeepSpeed never averages different shards' gradients)."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        self.mp_group = dist.new_group(list(range(world)))
+        groups = [dist.new_group([r]) for r in range(world)]  # every rank creates every group
+        self.dp_group = groups[rank]
+
+    def get_model_parallel_rank(self) -> int:
+        return self.rank
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.world
+
+    def get_model_parallel_group(self):
+        return self.mp_group
+
+    def get_data_parallel_rank(self) -> int:
+        return 0
+
+    def get_data_parallel_world_size(self) -> int:
+        return 1
+
+    def get_data_parallel_group(self):
+        return self.dp_group
+
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+
+def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
+    """Train ``job`` on this worker; returns the last reported metrics with ``history``: every
+    epoch's metrics of the run so far (a resumed run's earlier epochs come from its checkpoint,
+    which carries them in ``meta.json``)."""
+    spec = registry.get(job.model.name)
+    family = family_of(spec)
+    sc, tr, ev = job.scaling, job.train, job.eval
+    tensor = spec.parallelism == "tensor"
+    torch.set_num_threads(sc.torch_threads or max(1, int(sc.cpus_per_worker)))
+    # data parallel: ranks differ in dropout and sampling; tensor parallel: ranks must draw
+    # the same dropout masks (the replicated layers see the same batch), re-seeded per epoch
+    seed = tr.seed if tensor else tr.seed + 1000 * ctx.rank
     torch.manual_seed(seed)
-    n_items = len(ctx.item_ids)
     device = torch.device("cuda", torch.cuda.current_device()) if sc.use_gpu else torch.device("cpu")
-
-    model = GRU4Rec(cfg.model, n_items)
-    gen = torch.Generator().manual_seed(tr.seed)  # identical init on every rank
-    model.reset_parameters(gen)
-    model.to(device)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    d = ctx.data
+    env = TaskEnv(rank=ctx.rank, world=ctx.world, device=device, item_ids=d.item_ids, train=d.train,
+                  valid=d.valid, train_counts=d.counts, evaluate=family.evaluate, seed=seed, log=ctx.log,
+                  **_collectives(ctx.rank, ctx.world, len(d.item_ids), tensor))
+    task = spec.task(job)
+    module = task.build(env, torch.Generator().manual_seed(tr.seed)).to(device)
+    optimizer = build_optimizer(task.param_groups(module, job.optim.lr), job.optim)
+    # optimiser state is checkpointed whole from rank 0: exact when every rank holds the same
+    # optimiser (one rank, or data-parallel replicas); sharded optimisers (tensor parallel over
+    # several ranks, DeepSpeed) keep theirs in the engine's files or resume with fresh moments
+    keep_optim = sc.engine != "deepspeed" and (ctx.world == 1 or not tensor)
 
     start_epoch = 0
-    restored_meta: dict[str, Any] = {}
+    last_metrics: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
     ds_restore = None
     if ctx.restore_dir is not None:
         ck = load_checkpoint(ctx.restore_dir)
-        if list(ck.item_ids) != list(ctx.item_ids):
+        if list(ck.item_ids) != list(d.item_ids):
             raise TrainingInputError(
                 f"checkpoint {ctx.restore_dir} was trained on a different item index "
-                f"({len(ck.item_ids)} items) than the data ({n_items} items)"
+                f"({len(ck.item_ids)} items) than the data ({len(d.item_ids)} items)"
             )
-        model.load_state_dict(ck.model_state)
-        restored_meta = ck.meta
+        try:
+            task.load_full_state(env, module, ck.model_state)
+        except RuntimeError as exc:
+            raise TrainingInputError(
+                f"the run's latest checkpoint {ctx.restore_dir} holds another model ({exc}); use "
+                "another run.name or delete the run directory to start fresh") from None
+        last_metrics = dict(ck.meta.get("metrics", {}))
+        history = [h for h in ck.meta.get("history", []) if isinstance(h, dict)]
         start_epoch = int(ck.meta.get("epoch", 0))
         if sc.engine == "deepspeed":
             ds_restore = str(Path(ctx.restore_dir) / DS_SUBDIR)
-        elif ck.optim_state is not None:
-            optimizer.load_state_dict(ck.optim_state)
-            # the config's hyper-parameters win over the saved ones: PBT's explore step
-            # restores an exploited trial's state under a mutated learning rate
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.optim.lr
-                if cfg.optim.name == "adagrad_momentum" and "momentum" in group:
-                    group["momentum"] = cfg.optim.momentum
+        elif keep_optim and ck.optim_state is not None:
+            try:
+                optimizer.load_state_dict(ck.optim_state)
+            except ValueError:
+                ctx.log("checkpoint optimiser state does not fit the parameter groups: fresh optimiser")
+            apply_hyperparameters(optimizer, job.optim)
+        ctx.log(f"resuming from {ctx.restore_label or ctx.restore_dir} at epoch {start_epoch}")
 
-    step_mod = SampledStep(model)
-    zero3 = sc.engine == "deepspeed" and sc.zero_stage == 3
     engine = None
+    zero3 = sc.engine == "deepspeed" and sc.zero_stage == 3
     if sc.engine == "deepspeed":
         import deepspeed
 
         from rayrec.platform.training.ds_config import make_ds_config
 
-        if zero3:
-            # the output item table is used by score(), outside GRU4Rec.forward
-            deepspeed.zero.register_external_parameter(step_mod, model.Wy)
-        engine, optimizer, _, _ = deepspeed.initialize(
-            model=step_mod, optimizer=optimizer, config=make_ds_config(cfg)
-        )
+        if zero3 and hasattr(task, "external_params"):
+            for p in task.external_params(module):
+                deepspeed.zero.register_external_parameter(module, p)
+        mpu = _MPU(ctx.rank, ctx.world) if (tensor and ctx.world > 1) else None
+        engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                                       config=make_ds_config(job), mpu=mpu)
         if ds_restore is not None:
             engine.load_checkpoint(ds_restore, tag=DS_TAG, load_optimizer_states=True)
         forward = engine
-    elif ctx.world > 1:
-        forward = nn.parallel.DistributedDataParallel(step_mod)
+    elif ctx.world > 1 and not tensor:
+        forward = nn.parallel.DistributedDataParallel(module)
     else:
-        forward = step_mod
+        forward = module
 
-    # sampling tables from GLOBAL counts so every rank draws from the same distribution
-    counts = ctx.train_counts
-    lc = cfg.loss
-    sampler = None
-    if lc.n_sample > 0:
-        sgen = torch.Generator().manual_seed(seed + 17)
-        sampler = PopularitySampler(counts, lc.sample_alpha, lc.sample_store_size, sgen)
-    n_sample = lc.n_sample if sampler is not None else 0
-    use_logq = lc.name == "cross-entropy" and lc.logq > 0
-    if use_logq:
-        lq_t, lq_s = logq_tables(counts, tr.batch_size, sampler, n_sample, lc.logq_mode)
-        lq_t, lq_s = lq_t.to(device), lq_s.to(device)
+    def full_state() -> dict[str, torch.Tensor]:  # collective under ZeRO-3 / tensor parallel
+        if zero3:
+            return _zero3_state(module, lambda: task.full_state(env, module))
+        return {k: v.detach().clone().cpu() for k, v in task.full_state(env, module).items()}
 
-    arrays = ctx.train_sessions
-    n_steps_local = _count_steps(arrays, tr.batch_size, tr.max_steps_per_epoch)
-    n_steps = _barrier_max(n_steps_local, ctx.world)
-    last_metrics: dict[str, Any] = dict(restored_meta.get("metrics", {}))
-    rng = np.random.default_rng(seed)
+    n_local = task.num_batches(env, tr.batch_size)
+    if tr.max_steps_per_epoch:
+        n_local = min(n_local, tr.max_steps_per_epoch)
+    n_steps = _all_max(n_local, ctx.world) if not tensor else n_local
 
     for epoch in range(start_epoch, tr.epochs):
+        if tensor:
+            torch.manual_seed(tr.seed * 7919 + epoch)  # same dropout / noise on every rank
         t0 = time.perf_counter()
-        step_mod.train()
-        hidden = model.init_hidden(tr.batch_size)
-        hidden = [h.to(device) for h in hidden]
+        module.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        events = 0
-        steps = 0
-        batches = session_parallel_batches(arrays, tr.batch_size, tr.shuffle_sessions, rng)
-        last = None
+        examples, steps, last = 0, 0, None
+        rng = np.random.default_rng([seed, epoch])  # a resumed epoch draws what it drew before
+        batches = iter(task.batches(env, module, epoch, tr.batch_size, rng))
         while steps < n_steps:
-            real = steps < n_steps_local
+            batch = next(batches, None) if steps < n_local else None
+            real = batch is not None
             if real:
-                try:
-                    inputs, targets, reset, keep = next(batches)
-                except StopIteration:  # pragma: no cover - n_steps_local counted exactly
-                    real = False
-            if real:
-                if keep.shape[0] != hidden[0].shape[0]:
-                    keep_t = torch.from_numpy(keep).to(device)
-                    hidden = [h.index_select(0, keep_t) for h in hidden]  # (B_new, H)
-                if reset.any():
-                    mask = torch.from_numpy(~reset).to(device=device, dtype=hidden[0].dtype)
-                    hidden = [h * mask.unsqueeze(1) for h in hidden]  # (B, H)
-                x = torch.from_numpy(inputs).to(device)
-                y = torch.from_numpy(targets).to(device)
-                last = (x, y, [h.clone() for h in hidden])
-            else:  # pad: repeat the last batch with zero weight to match collectives
-                if last is None:
-                    x = torch.zeros(1, dtype=torch.long, device=device)
-                    y = torch.zeros(1, dtype=torch.long, device=device)
-                    hidden = [torch.zeros(1, h.shape[1], device=device) for h in hidden]
-                else:
-                    x, y, hidden = last[0], last[1], [h.clone() for h in last[2]]
-            b = x.shape[0]
-            if n_sample:
-                smp = sampler.sample(n_sample).to(device)  # (S,)
-                cols = torch.cat([y, smp])  # (B + S,)
-            else:
-                smp, cols = None, y
-            scores, new_hidden = forward(x, hidden, cols)  # (B, B + S)
-            log_q = None
-            if use_logq:
-                log_q = lq_t[y] if smp is None else torch.cat([lq_t[y], lq_s[smp]])
-            loss = sampled_loss(lc, scores.float(), cols, log_q)  # hits masked from cols
+                last = batch
+            elif last is None:
+                raise TrainingInputError(
+                    f"rank {ctx.rank} has no training data: fewer examples than workers "
+                    f"(scaling.num_workers={ctx.world})")
+            loss, n = task.loss(forward, batch if real else last, pad=not real)
             if not real:
-                loss = loss * 0.0
+                loss = loss * 0.0  # pad: repeat the last batch with zero weight
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -251,87 +261,88 @@ def train_worker(cfg: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
                 loss.backward()
                 optimizer.step()
             if real:
-                hidden = [h.detach() for h in new_hidden]
-                loss_sum += loss.detach().double() * b
-                events += b
+                loss_sum += loss.detach().double() * n
+                examples += n
             steps += 1
         secs = time.perf_counter() - t0
-        g_loss, g_events, g_secs = _all_sum([float(loss_sum), float(events), secs], ctx.world)
-        mean_loss = g_loss / max(g_events, 1.0)
+        if tensor:  # every rank saw the same examples
+            g_loss, g_examples, g_secs = float(loss_sum), float(examples), secs
+        else:
+            g_loss, g_examples, g_secs = _all_sum([float(loss_sum), float(examples), secs], ctx.world)
+            g_secs /= ctx.world
+        mean_loss = g_loss / max(g_examples, 1.0)
         if not np.isfinite(mean_loss):
             raise FloatingPointError(f"epoch {epoch + 1}: training loss is not finite ({mean_loss})")
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": mean_loss,
-            "train_events": int(g_events),
-            "events_per_s": g_events / (g_secs / ctx.world),
-            "epoch_seconds": g_secs / ctx.world,
+            "examples": int(g_examples),
+            "examples_per_s": g_examples / g_secs if g_secs > 0 else 0.0,
+            "epoch_s": g_secs,
+            "world_size": ctx.world,
         }
-        do_eval = ctx.valid_sessions is not None and (
-            (epoch + 1) % tr.eval_every == 0 or epoch + 1 == tr.epochs
-        )
-        state = _full_state(model, zero3)  # collective under ZeRO-3
-        if do_eval and ctx.rank == 0:
-            ev = GRU4Rec(cfg.model, n_items)
-            ev.load_state_dict(state)
-            res = evaluate_next_item(
-                GRU4RecScorer(ev.to(device)), ctx.valid_sessions.offsets, ctx.valid_sessions.items,
-                tuple(tr.cutoffs), tr.eval_batch_size,
-            )
-            metrics.update({k: v for k, v in res.items() if isinstance(v, (int, float))})
-            metrics["protocol"] = res.get("protocol", "next_item")
-            metrics["valid_split"] = cfg.data.valid_split
+        do_eval = d.valid is not None and ((epoch + 1) % ev.every == 0 or epoch + 1 == tr.epochs)
+        state = full_state() if (job.run.checkpoint or (do_eval and not tensor)) else None
+        if do_eval:
+            res: dict[str, Any] | None = None
+            if tensor:  # every rank holds a slice: evaluate together
+                res = task.evaluate(env, module, ev.ks, ev.batch_size)
+            elif ctx.rank == 0:
+                model = spec.build(job.model, len(d.item_ids))
+                model.load_state_dict(state)
+                res = task.evaluate(env, model.to(device), ev.ks, ev.batch_size)
+            if res is not None:
+                metrics.update({k: v for k, v in res.items() if isinstance(v, (int, float))})
+                metrics["protocol"] = res.get("protocol", spec.metrics)
+                metrics["valid_split"] = job.data.valid_split
+        if hasattr(task, "epoch_metrics"):
+            metrics.update(task.epoch_metrics(env, module))
+        metrics["param_bytes_per_rank"] = _gather_objects(
+            sum(p.numel() * p.element_size() for p in module.parameters()), ctx.world)
+        metrics["peak_rss_mb_per_rank"] = _gather_objects(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, ctx.world)
         if ctx.rank == 0:
-            msg = (f"epoch {epoch + 1}/{tr.epochs} loss {mean_loss:.4f} "
-                   f"{metrics['events_per_s']:,.0f} events/s ({metrics['epoch_seconds']:.1f}s)")
-            if "recall@20" in metrics:
-                msg += f"  valid recall@20 {metrics['recall@20']:.4f} mrr@20 {metrics['mrr@20']:.4f}"
-            ctx.log(msg)
+            shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                             if "@" in k and isinstance(v, float) and k.endswith(f"@{max(ev.ks)}"))
+            ctx.log(f"epoch {epoch + 1}/{tr.epochs} loss {mean_loss:.4f} "
+                    f"{metrics['examples_per_s']:,.0f} examples/s ({g_secs:.1f}s)"
+                    + (f"  valid {shown}" if shown else ""))
+        history.append(_jsonable(metrics))
         ck_dir = tempfile.mkdtemp(prefix=f"rayrec-ckpt-r{ctx.rank}-")
-        if engine is not None:
-            engine.save_checkpoint(str(Path(ck_dir) / DS_SUBDIR), tag=DS_TAG)
-        if ctx.rank == 0:
-            save_checkpoint(
-                ck_dir, state, cfg.model_dump(mode="json"), ctx.item_ids,
-                optim_state=None if engine is not None else optimizer.state_dict(),
-                meta={"epoch": epoch + 1, "metrics": metrics, "model": cfg.model.name,
-                      "engine": sc.engine, "zero_stage": sc.zero_stage, "world_size": ctx.world},
-            )
-        has_ckpt = ctx.rank == 0 or engine is not None
+        if job.run.checkpoint:
+            if engine is not None:
+                engine.save_checkpoint(str(Path(ck_dir) / DS_SUBDIR), tag=DS_TAG)
+            if ctx.rank == 0:
+                save_checkpoint(
+                    ck_dir, state, job.model_dump(mode="json"), d.item_ids,
+                    optim_state=optimizer.state_dict() if keep_optim else None,
+                    meta={"epoch": epoch + 1, "metrics": _jsonable(metrics), "model": spec.name,
+                          "engine": sc.engine, "zero_stage": sc.zero_stage, "world_size": ctx.world,
+                          "history": history},
+                )
+            has_ckpt = ctx.rank == 0 or engine is not None
+        else:  # metrics only: Ray Train keeps reports that carry a checkpoint
+            if ctx.rank == 0:
+                Path(ck_dir, METRICS_FILE).write_text(json.dumps({**_jsonable(metrics), "history": history}))
+            has_ckpt = ctx.rank == 0
         ctx.report(metrics, ck_dir if has_ckpt else None)
         shutil.rmtree(ck_dir, ignore_errors=True)
         last_metrics = metrics
         if tr.fail_at_epoch == epoch + 1 and ctx.restore_dir is None and ctx.rank == ctx.world - 1:
             raise RuntimeError(f"injected failure after epoch {epoch + 1} (train.fail_at_epoch)")
-    return last_metrics
+    out = dict(last_metrics)
+    out["history"] = history
+    return out
 
 
-def sessions_to_rows(arrays: SessionArrays) -> "list[dict[str, Any]]":
-    """SessionArrays -> one row per session (for a Ray Data dataset of whole sessions)."""
-    rows = []
-    ts = arrays.ts
-    for s in range(arrays.n_sessions):
-        a, b = int(arrays.offsets[s]), int(arrays.offsets[s + 1])
-        rows.append({
-            "start": float(ts[a]) if ts is not None else float(s),
-            "order": s,
-            "items": arrays.items[a:b].tolist(),
-            "ts": ts[a:b].tolist() if ts is not None else [0.0] * (b - a),
-        })
-    return rows
-
-
-def rows_to_sessions(df) -> SessionArrays:  # noqa: ANN001
-    """Inverse of :func:`sessions_to_rows` for a worker's shard (sorted by start, order)."""
-    if len(df) == 0:
-        return SessionArrays(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
-    df = df.sort_values(["start", "order"], kind="stable")
-    lens = np.array([len(x) for x in df["items"]], dtype=np.int64)
-    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    items = np.concatenate([np.asarray(x, dtype=np.int64) for x in df["items"]])
-    ts = np.concatenate([np.asarray(x, dtype=np.float64) for x in df["ts"]])
-    return SessionArrays(offsets, items, ts)
-
-
-__all__ = ["train_worker", "WorkerContext", "SampledStep", "TrainingInputError", "item_counts"]
+def run_local(
+    job: TrainJobConfig,
+    data: TrainData,
+    restore_dir: str | None = None,
+    report: Callable[[dict[str, Any], str | None], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The production loop in this process on in-memory data, one rank (tests, benchmarks'
+    plain-loop rows): ``report(metrics, checkpoint_dir)`` sees every epoch (the directory is
+    removed after the call returns); returns the last metrics with ``history``."""
+    return train_worker(job, WorkerContext(0, 1, report or (lambda _m, _c: None), restore_dir, data, log))

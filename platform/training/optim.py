@@ -20,27 +20,38 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from rayrec.platform.config import StrictModel
 
-__all__ = ["OptimConfig", "AdagradMomentum", "build_optimizer"]
+__all__ = ["AdagradMomentum", "OptimConfig", "apply_hyperparameters", "build_optimizer", "param_groups"]
 
 
 class OptimConfig(StrictModel):
-    """``name``: adagrad | adagrad_momentum | adam; ``lr``; ``momentum`` (adagrad_momentum);
-    ``eps`` (inside the sqrt for Adagrad, Adam's eps for adam); ``weight_decay`` (L2 added to
-    the gradient)."""
+    """``name``: adagrad | adagrad_momentum | adam | sgd; ``lr``; ``momentum``
+    (adagrad_momentum, sgd); ``eps`` (inside the sqrt for Adagrad, Adam's eps for adam);
+    ``weight_decay`` (L2 added to the gradient); ``lr_multipliers``: per named parameter group
+    of the model's task (e.g. ``decay`` for the daily model's learned time decay), the group's
+    learning rate is ``lr * multiplier``."""
 
-    name: Literal["adagrad", "adagrad_momentum", "adam"] = "adagrad_momentum"
+    name: Literal["adagrad", "adagrad_momentum", "adam", "sgd"] = "adagrad_momentum"
     lr: float = 0.2
     momentum: float = 0.2
     eps: float = 1e-6
     weight_decay: float = 0.0
+    lr_multipliers: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("lr_multipliers")
+    @classmethod
+    def _mult(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: m for k, m in v.items() if not (m > 0 and math.isfinite(m))}
+        if bad:
+            raise ValueError(f"lr_multipliers must be finite values > 0, got {bad}")
+        return v
 
     @field_validator("lr", "eps")
     @classmethod
-    def _positive(cls, v: float, info) -> float:  # noqa: ANN001
+    def _positive(cls, v: float, info) -> float:
         if not (v > 0.0 and math.isfinite(v)):
             raise ValueError(f"{info.field_name} must be a finite value > 0, got {v}")
         return v
@@ -91,7 +102,7 @@ class AdagradMomentum(torch.optim.Optimizer):
         return st
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201
+    def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -121,12 +132,40 @@ class AdagradMomentum(torch.optim.Optimizer):
         return loss
 
 
+def param_groups(groups: Iterable[Any], cfg: OptimConfig) -> list[dict[str, Any]]:
+    """``groups`` (parameters, or dicts with ``params`` and an optional ``name``) with each
+    group's ``lr`` set from ``cfg`` (``lr * lr_multipliers[name]``); an unknown name in
+    ``lr_multipliers`` is an error naming the groups the model has."""
+    groups = list(groups)
+    if not groups or not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    names = {g.get("name") for g in groups}
+    unknown = sorted(set(cfg.lr_multipliers) - names)
+    if unknown:
+        known = sorted(n for n in names if n)
+        raise ValueError(f"optim.lr_multipliers: no parameter group {unknown}; the model has {known or 'none'}")
+    return [dict(g, lr=cfg.lr * cfg.lr_multipliers.get(g.get("name"), 1.0)) for g in groups]
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> None:
+    """Set the config's lr (with group multipliers) and momentum on an optimiser whose state was
+    restored: the config wins over the saved values (PBT's explore step restores an exploited
+    trial's state under a mutated learning rate)."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * cfg.lr_multipliers.get(group.get("name"), 1.0)
+        if cfg.name in ("adagrad_momentum", "sgd") and "momentum" in group:
+            group["momentum"] = cfg.momentum
+
+
 def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser named by ``cfg`` over ``params``."""
+    """The optimiser named by ``cfg`` over ``params`` (parameters or named groups)."""
+    groups = param_groups(params, cfg)
     if cfg.name == "adagrad_momentum":
-        return AdagradMomentum(params, cfg.lr, cfg.momentum, cfg.eps, cfg.weight_decay)
+        return AdagradMomentum(groups, cfg.lr, cfg.momentum, cfg.eps, cfg.weight_decay)
     if cfg.name == "adagrad":
-        return AdagradMomentum(params, cfg.lr, 0.0, cfg.eps, cfg.weight_decay)
+        return AdagradMomentum(groups, cfg.lr, 0.0, cfg.eps, cfg.weight_decay)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer name {cfg.name!r}")

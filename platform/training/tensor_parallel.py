@@ -1,10 +1,33 @@
-"""Column-parallel output layer for catalog-sized outputs (seed 000, section 5).
+"""Tensor parallelism for catalog-sized models (seed 000, section 5).
 
-Seed 000 trains networks "with million of input and output dimensionalities" by model
-parallelism (DSSTNE, section 5): the ``[H, P]`` output matrix ``W_L`` of eq. 3 does not fit
-comfortably on one worker, so it is split by columns (products) across ``world_size`` ranks.
-Every rank holds the full (small) hidden layers, sees the same batch, and computes the
-logits of its own contiguous slice of products ``[start, stop)``:
+**Sharding a model** (TorchRec-style: the model file holds one single-device definition of
+the math; distribution is a transformation of it, and checkpoints always hold the unsharded
+layout).  A shardable module declares its catalog-wide parameters and the product range it
+holds:
+
+* ``catalog_dims: Mapping[str, int]``: parameter (state-dict) names, relative to the module,
+  -> the dimension that runs over products;
+* ``catalog_range: tuple[int, int]``: ``[start, stop)``, the products this rank holds (a
+  contiguous :func:`shard_range` slice, ranks in order);
+* ``num_items``: the whole catalog's size;
+* the hooks ``reduce_sum(t)``, ``copy_to_parallel(t)`` and ``gather(t, dim)`` (identity on
+  one device), which :func:`install_collectives` replaces with this module's collectives.
+
+:func:`shard_daily_nn` builds rank ``rank``'s slice of ``rayrec.models.daily_nn.DailyNN``
+and installs the collectives; :func:`full_state` gathers any such module (or a module that
+contains some) into the unsharded state dict on every rank, and :func:`load_full_state`
+slices an unsharded state dict into this rank's module.  Both are driven by
+``catalog_dims`` only, so other models can reuse them.
+
+**Building blocks.**  Seed 000 trains networks "with million of input and output
+dimensionalities" by model parallelism (DSSTNE, section 5): the ``[H, P]`` output matrix
+``W_L`` of eq. 3 does not fit comfortably on one worker, so it is split by columns (products)
+across ``world_size`` ranks.  Every rank holds the full (small) hidden layers, sees the same
+batch, and computes the logits of its own contiguous slice of products ``[start, stop)``:
+
+* :func:`copy_to_parallel` (identity, gradient all-reduced), :func:`all_reduce_sum`
+  (all-reduce, gradient passed through) and :func:`gather_cat` (all-gather along a dim,
+  gradient sliced): the collectives the hooks use.
 
 * :class:`ColumnParallelOutput` holds only its shard ``W[:, start:stop]`` ``(H, P_local)``.
   Its forward is the identity on the hidden input followed by the local product; the
@@ -25,20 +48,27 @@ This module does not start Ray: the training job wires it into Ray Train / DeepS
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from rayrec.models.daily_nn import SparseBatch
 from torch import nn
+
+from rayrec.models.daily_nn import DailyNN, DailyNNConfig, SparseBatch
 
 __all__ = [
     "ColumnParallelOutput",
-    "copy_to_parallel",
     "all_reduce_sum",
+    "copy_to_parallel",
+    "full_state",
+    "gather_cat",
+    "install_collectives",
+    "load_full_state",
     "parallel_topk",
     "parallel_weighted_bce",
+    "shard_daily_nn",
     "shard_parameter_bytes",
     "shard_range",
 ]
@@ -97,6 +127,42 @@ class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
+
+
+class _GatherCat(torch.autograd.Function):
+    """Concatenation of every rank's tensor along ``dim`` (sizes may differ by rank);
+    backward keeps this rank's slice of the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+        world = _world(group)
+        dim = dim % x.dim()
+        ctx.dim = dim
+        if world == 1:
+            ctx.offset, ctx.size = 0, x.shape[dim]
+            return x.view_as(x)
+        n = torch.tensor([x.shape[dim]], dtype=torch.long, device=x.device)
+        sizes = [int(s) for s in _all_gather(n, group, world)]
+        rank = dist.get_rank(group)
+        ctx.offset, ctx.size = sum(sizes[:rank]), sizes[rank]
+        width = max(sizes)
+        x = x.contiguous()
+        if x.shape[dim] < width:
+            pad = list(x.shape)
+            pad[dim] = width - x.shape[dim]
+            x = torch.cat([x, x.new_zeros(pad)], dim=dim)
+        parts = _all_gather(x, group, world)
+        return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim=dim)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad.narrow(ctx.dim, ctx.offset, ctx.size), None, None
+
+
+def gather_cat(x: torch.Tensor, dim: int = 0, group: Any = None) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along ``dim`` in rank order (shards may be uneven);
+    every rank gets the result.  Differentiable: backward returns this rank's slice."""
+    return _GatherCat.apply(x, dim, group)
 
 
 def copy_to_parallel(x: torch.Tensor, group: Any = None) -> torch.Tensor:
@@ -321,3 +387,97 @@ def _all_gather(t: torch.Tensor, group: Any, world: int) -> list[torch.Tensor]:
 def shard_parameter_bytes(module: nn.Module) -> int:
     """Bytes held by ``module``'s parameters on this rank (for the per-rank memory check)."""
     return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+# ------------------------------------------------------------------------------------------
+# sharding a model by product range
+# ------------------------------------------------------------------------------------------
+
+
+def install_collectives(module: nn.Module, group: Any = None) -> nn.Module:
+    """Replace ``module``'s (and its submodules') ``reduce_sum``, ``copy_to_parallel`` and
+    ``gather`` hooks with the autograd-aware collectives of ``group`` (default group when
+    None): :func:`all_reduce_sum`, :func:`copy_to_parallel`, :func:`gather_cat`."""
+    for _, sub in _catalog_modules(module):
+        sub.reduce_sum = partial(all_reduce_sum, group=group)
+        sub.copy_to_parallel = partial(copy_to_parallel, group=group)
+        sub.gather = partial(gather_cat, group=group)
+    return module
+
+
+def shard_daily_nn(
+    config: DailyNNConfig, num_items: int, rank: int = 0, world: int = 1, seed: int = 0,
+    group: Any = None,
+) -> DailyNN:
+    """Rank ``rank``'s slice of the daily network: ``DailyNN`` over the products
+    :func:`shard_range` gives this rank, initialised to exactly those rows of the
+    whole-catalog model with the same ``seed``, with the collectives installed.
+
+    ``world == 1`` returns the plain whole-catalog model (identity hooks, no process group
+    needed); ``world > 1`` needs an initialised ``torch.distributed`` group of that size, and
+    every rank must then run the same batches under the same torch RNG state."""
+    if world > 1 and _world(group) != world:
+        raise RuntimeError(
+            f"shard_daily_nn(world={world}) needs an initialised torch.distributed process "
+            f"group of that size (found {_world(group)})"
+        )
+    start, stop = shard_range(int(num_items), int(rank), int(world))
+    model = DailyNN(num_items, config, seed=seed, start=start, stop=stop)
+    if world > 1:
+        install_collectives(model, group)
+    return model
+
+
+def _catalog_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(state-dict prefix, submodule)`` of every submodule that declares ``catalog_dims``."""
+    for name, sub in module.named_modules():
+        if getattr(sub, "catalog_dims", None) is not None:
+            yield (f"{name}." if name else ""), sub
+
+
+def _sharded_keys(module: nn.Module) -> Iterator[tuple[str, int, nn.Module]]:
+    """``(state-dict key, catalog dim, owner)`` of every catalog-wide tensor, in a fixed order
+    (the same on every rank)."""
+    for prefix, sub in _catalog_modules(module):
+        for key, dim in sub.catalog_dims.items():
+            yield prefix + key, int(dim), sub
+
+
+def full_state(module: nn.Module, group: Any = None) -> dict[str, torch.Tensor]:
+    """The unsharded state dict of ``module`` (detached copies): the catalog-wide tensors
+    of sharded submodules are gathered along their catalog dim across ranks, the rest is
+    this rank's (replicated) copy.  A collective when ``module`` is sharded: call it on every
+    rank; every rank gets the full state."""
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for key, dim, sub in _sharded_keys(module):
+        if not sub.is_sharded:
+            continue
+        if key not in state:
+            raise KeyError(f"catalog_dims names {key!r}, which is not in the state dict")
+        full = gather_cat(state[key], dim, group)
+        if full.shape[dim] != sub.num_items:
+            raise RuntimeError(
+                f"gathered {key!r} covers {full.shape[dim]} products along dim {dim}, "
+                f"expected {sub.num_items}: the ranks' product ranges do not tile the catalog"
+            )
+        state[key] = full
+    return state
+
+
+def load_full_state(module: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """Load an unsharded state dict (a checkpoint's) into ``module``: every catalog-wide
+    tensor is sliced to the submodule's ``catalog_range`` along its catalog dim first.
+    ``ValueError`` names a tensor whose catalog dim is not the whole catalog."""
+    local = dict(state)
+    for key, dim, sub in _sharded_keys(module):
+        if key not in local:
+            continue  # load_state_dict(strict=...) reports it
+        full = local[key]
+        if full.dim() <= dim or full.shape[dim] != sub.num_items:
+            raise ValueError(
+                f"{key!r} has shape {tuple(full.shape)}: dim {dim} must hold the whole "
+                f"catalog of {sub.num_items} products"
+            )
+        start, stop = sub.catalog_range
+        local[key] = full.narrow(dim, start, stop - start)
+    module.load_state_dict(local, strict=strict)

@@ -1,13 +1,18 @@
-"""Driver side of training: checks inputs, then runs the loop in-process or on Ray Train.
+"""The one training driver, ``fit(job)``, for every registered model.
 
-``scaling.num_workers = 0``: the loop runs in this process (no Ray at all); checkpoints go
-to ``<storage_path>/<name>/checkpoint_<epoch>`` and a re-run resumes from the latest.
-
-``scaling.num_workers >= 1``: a ``TorchTrainer`` whose workers each take a Ray Data shard
-of whole sessions (``datasets={"train": ...}``), gloo on CPU / NCCL on GPU, DDP or
-DeepSpeed.  ``RunConfig(name, storage_path)`` makes a re-run of the same name continue
-from its latest checkpoint, and ``FailureConfig(max_failures)`` restarts the worker group
-from the latest checkpoint after a worker dies.
+* Resolves paths (Ray workers run in other directories), loads and checks the data through the
+  model kind's data family *before* any worker starts (clear errors naming the key), checks
+  the run's latest checkpoint against the data's item index and ``scaling.use_gpu`` against the
+  machine.
+* ``ray.use_ray: false``: the loop runs in this process (no Ray at all); checkpoints go to
+  ``<storage_path>/<run.name>/checkpoint_<epoch>`` and a re-run resumes from the latest.
+* otherwise a Ray Train ``TorchTrainer`` (gloo on CPU, NCCL on GPU) with
+  ``ScalingConfig(num_workers, use_gpu, resources_per_worker, placement_strategy)``,
+  ``RunConfig(name, storage_path)`` (local path or URI; re-running a name continues from its
+  latest checkpoint), ``FailureConfig(max_failures)`` (the worker group restarts from the
+  latest checkpoint after a worker dies) and ``CheckpointConfig(num_to_keep)``.  Data-parallel
+  models get a Ray Data dataset of the family's rows (``get_dataset_shard("train")``); tensor-
+  parallel models load all the data on every worker.
 """
 
 from __future__ import annotations
@@ -17,25 +22,20 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from rayrec.platform import data
+from rayrec.models import registry
 from rayrec.platform.checkpoint import CheckpointError, check_item_index
 from rayrec.platform.training.config import TrainJobConfig
-from rayrec.platform.training.loop import (
-    TrainingInputError,
-    WorkerContext,
-    rows_to_sessions,
-    sessions_to_rows,
-    train_worker,
-)
-from rayrec.platform.training.session_parallel import SessionArrays, n_training_pairs
-from rayrec.platform.training.steps import item_counts
+from rayrec.platform.training.families import TrainData, TrainingInputError, family_of
+from rayrec.platform.training.loop import METRICS_FILE, WorkerContext, train_worker
+
+__all__ = ["FitResult", "check_inputs", "fit", "latest_checkpoint", "resolve_paths", "run_dir"]
 
 
 @dataclass
@@ -43,20 +43,33 @@ class FitResult:
     metrics: dict[str, Any]
     checkpoint_dir: str | None
     run_dir: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Every epoch's metrics of the run (a resumed run includes the epochs before the resume)."""
 
 
-def _storage(cfg: TrainJobConfig) -> str:
-    s = cfg.run.storage_path
+def _storage(job: TrainJobConfig) -> str:
+    s = job.run.storage_path
     return s if "://" in s else str(Path(s).resolve())
 
 
-def _run_dir(cfg: TrainJobConfig) -> str:
-    return f"{_storage(cfg).rstrip('/')}/{cfg.run.name}"
+def run_dir(job: TrainJobConfig) -> str:
+    return f"{_storage(job).rstrip('/')}/{job.run.name}"
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    """The newest complete checkpoint directory of a run (local storage)."""
-    cands = [p for p in glob.glob(os.path.join(run_dir, "checkpoint_*")) if os.path.isfile(os.path.join(p, "model.pt"))]
+def _local(path: str) -> str | None:
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return None if "://" in path else path
+
+
+def latest_checkpoint(run_directory: str) -> str | None:
+    """The newest complete checkpoint directory of a run (by the epoch in its meta.json), or
+    None; ``file://`` URIs are read as local paths, other URIs give None."""
+    local = _local(run_directory)
+    if local is None:
+        return None
+    cands = [p for p in glob.glob(os.path.join(local, "checkpoint_*"))
+             if os.path.isfile(os.path.join(p, "model.pt"))]
     if not cands:
         return None
 
@@ -70,95 +83,87 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return max(cands, key=epoch)
 
 
-def check_inputs(cfg: TrainJobConfig) -> tuple[SessionArrays, SessionArrays | None, list[str]]:
-    """Everything that can be wrong before any training starts, with clear errors."""
-    if cfg.scaling.use_gpu:
-        import torch
+def _check_gpu(job: TrainJobConfig) -> None:
+    if not job.scaling.use_gpu:
+        return
+    import torch
 
+    gpus = 0
+    try:
+        import ray
+
+        if ray.is_initialized():
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+    except Exception:
         gpus = 0
+    if not torch.cuda.is_available() and gpus == 0:
+        raise TrainingInputError(
+            "scaling.use_gpu=true but this machine has no CUDA device and the Ray cluster "
+            "reports no GPU; set scaling.use_gpu=false"
+        )
+
+
+def check_inputs(job: TrainJobConfig) -> TrainData:
+    """Everything that can be wrong before any training starts, with clear errors."""
+    _check_gpu(job)
+    spec = registry.get(job.model.name)
+    data = family_of(spec).load(job, with_valid=True)
+    last = latest_checkpoint(run_dir(job))
+    if last is not None:
+        ck_items = json.loads(Path(last, "items.json").read_text())
         try:
-            import ray
-
-            if ray.is_initialized():
-                gpus = int(ray.cluster_resources().get("GPU", 0))
-        except Exception:  # noqa: BLE001
-            gpus = 0
-        if not torch.cuda.is_available() and gpus == 0:
+            check_item_index(ck_items, data.item_ids, where=f"between the run's checkpoint {last} and data.path")
+        except CheckpointError as exc:
             raise TrainingInputError(
-                "scaling.use_gpu=true but this machine has no CUDA device and the Ray cluster "
-                "reports no GPU; set scaling.use_gpu=false"
-            )
-    items = data.load_items(cfg.data.path)
-    item_ids = items["item_id"].astype(str).tolist()
-    train = data.session_arrays(cfg.data.path, cfg.data.train_split)
-    if n_training_pairs(train) == 0:
+                f"{exc}; use another run.name or delete {run_dir(job)} to start fresh"
+            ) from None
+    if spec.parallelism == "tensor" and job.ray.use_ray and len(data.item_ids) < job.scaling.num_workers:
         raise TrainingInputError(
-            f"data.train_split {cfg.data.train_split!r} has {train.n_events} event(s) in "
-            f"{train.n_sessions} session(s) and no session with 2 or more events: nothing to train on"
-        )
-    if train.items.max() >= len(item_ids):
-        raise TrainingInputError(
-            f"data.train_split uses item_idx {int(train.items.max())} but items.parquet has {len(item_ids)} items"
-        )
-    valid = None
-    if cfg.data.valid_split:
-        valid = data.session_arrays(cfg.data.path, cfg.data.valid_split)
-    run_dir = _run_dir(cfg)
-    if "://" not in run_dir:
-        last = latest_checkpoint(run_dir)
-        if last is not None:
-            ck_items = json.loads(Path(last, "items.json").read_text())
-            try:
-                check_item_index(ck_items, item_ids, where=f"between the run's checkpoint {last} and data.path")
-            except CheckpointError as exc:
-                raise TrainingInputError(
-                    f"{exc}; use another run.name or delete {run_dir} to start fresh"
-                ) from None
-    return train, valid, item_ids
+            f"catalog of {len(data.item_ids)} items is smaller than scaling.num_workers={job.scaling.num_workers}")
+    return data
 
 
-def resolve_paths(cfg: TrainJobConfig) -> TrainJobConfig:
+def resolve_paths(job: TrainJobConfig) -> TrainJobConfig:
     """Make local relative paths absolute: Ray workers run in other directories."""
-    p = cfg.data.path
-    if "://" not in p and not os.path.isabs(p):
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": os.path.abspath(p)})})
-    return cfg
+    p = job.data.path
+    if job.data.synthetic is None and "://" not in p and not os.path.isabs(p):
+        job = job.model_copy(update={"data": job.data.model_copy(update={"path": os.path.abspath(p)})})
+    return job
 
 
-def fit(cfg: TrainJobConfig, log=print) -> FitResult:
-    cfg = resolve_paths(cfg)
-    train, valid, item_ids = check_inputs(cfg)
-    counts = item_counts(train, len(item_ids))
-    if cfg.scaling.num_workers == 0:
-        return _fit_in_process(cfg, train, valid, item_ids, counts, log)
-    return _fit_ray(cfg, train, item_ids, counts, log)
+def fit(job: TrainJobConfig, log=print) -> FitResult:
+    """Train ``job``; returns the last epoch's metrics, the latest checkpoint and the run dir."""
+    job = resolve_paths(job)
+    data = check_inputs(job)
+    if not job.ray.use_ray:
+        return _fit_in_process(job, data, log)
+    return _fit_ray(job, data, log)
 
 
-def _fit_in_process(cfg, train, valid, item_ids, counts, log) -> FitResult:  # noqa: ANN001
-    run_dir = Path(_run_dir(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    restore = latest_checkpoint(str(run_dir))
-    if restore:
-        log(f"resuming from {restore}")
-    saved: list[str] = []
+def _fit_in_process(job: TrainJobConfig, data: TrainData, log) -> FitResult:
+    local = _local(run_dir(job))
+    if local is None:
+        raise TrainingInputError("run.storage_path: a remote URI needs ray.use_ray=true (Ray Train writes it)")
+    rdir = Path(local)
+    rdir.mkdir(parents=True, exist_ok=True)
+    restore = latest_checkpoint(str(rdir)) if job.run.checkpoint else None
 
     def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
-        if ck_dir is None:
+        if ck_dir is None or not job.run.checkpoint:
             return
-        dest = run_dir / f"checkpoint_{int(metrics['epoch']):06d}"
+        dest = rdir / f"checkpoint_{int(metrics['epoch']):06d}"
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(ck_dir, dest)
-        saved.append(str(dest))
-        keep = cfg.run.keep_checkpoints
-        all_ck = sorted(run_dir.glob("checkpoint_*"))
+        keep = job.run.keep_checkpoints
         if keep is not None:
-            for old in all_ck[:-keep]:
+            for old in sorted(rdir.glob("checkpoint_*"))[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
-    ctx = WorkerContext(0, 1, report, restore, train, valid, item_ids, counts, log)
-    metrics = train_worker(cfg, ctx)
-    return FitResult(metrics, latest_checkpoint(str(run_dir)), str(run_dir))
+    metrics = train_worker(job, WorkerContext(0, 1, report, restore, data, log))
+    history = metrics.pop("history", [])
+    ck = latest_checkpoint(str(rdir)) if job.run.checkpoint else None
+    return FitResult(metrics, ck, str(rdir), history)
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
@@ -166,53 +171,62 @@ def _ray_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    cfg = TrainJobConfig.model_validate(config["job"])
+    registry.import_modules(config.get("model_modules", []))  # plug-in models of the driver
+    job = TrainJobConfig.model_validate(config["job"])
+    spec = registry.get(job.model.name)
+    family = family_of(spec)
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    shard = ray.train.get_dataset_shard("train")
-    frames = list(shard.iter_batches(batch_format="pandas", batch_size=4096))
-    sessions = rows_to_sessions(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
-    item_ids = ray.get(config["item_ids"])
-    counts = np.asarray(ray.get(config["counts"]), dtype=np.int64)
-    valid = None
-    if rank == 0 and cfg.data.valid_split:
-        valid = data.session_arrays(cfg.data.path, cfg.data.valid_split)
+    if spec.parallelism == "data":
+        shard = ray.train.get_dataset_shard("train")
+        frames = list(shard.iter_batches(batch_format="pandas", batch_size=4096))
+        train = family.from_rows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+        valid = None
+        if rank == 0 and job.data.valid_split:
+            valid = family.load(job, with_valid=True).valid
+        data = TrainData(train, valid, ray.get(config["item_ids"]),
+                         np.asarray(ray.get(config["counts"]), dtype=np.int64))
+    else:
+        data = family.load(job, with_valid=True)
     restore_dir = None
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
+    if ckpt is not None and job.run.checkpoint:
         restore_dir = tempfile.mkdtemp(prefix="rayrec-restore-")
         ckpt.to_directory(restore_dir)
 
     def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
         from ray.train import Checkpoint
 
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ck_dir) if ck_dir else None)
+        from rayrec.platform.training.loop import _jsonable
+
+        ray.train.report(_jsonable(metrics), checkpoint=Checkpoint.from_directory(ck_dir) if ck_dir else None)
 
     log = print if rank == 0 else (lambda _m: None)
-    if rank == 0 and restore_dir:
-        log(f"resuming from the run's latest checkpoint ({ckpt.path})")
-    train_worker(cfg, WorkerContext(rank, world, report, restore_dir, sessions, valid, item_ids, counts, log))
+    train_worker(job, WorkerContext(rank, world, report, restore_dir, data, log,
+                                    restore_label=ckpt.path if restore_dir else None))
 
 
-def _fit_ray(cfg: TrainJobConfig, train: SessionArrays, item_ids, counts, log) -> FitResult:  # noqa: ANN001
+def _fit_ray(job: TrainJobConfig, data: TrainData, log) -> FitResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayrec.platform.runtime import init_ray
 
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    sc = cfg.scaling
-    ds = ray.data.from_items(sessions_to_rows(train))
+    init_ray(job.ray.address, job.ray.num_cpus)
+    _check_gpu(job)
+    spec = registry.get(job.model.name)
+    sc = job.scaling
     if not sc.use_gpu:  # DeepSpeed on CPU; workers inherit the driver's environment
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    loop_config: dict[str, Any] = {"job": job.model_dump(mode="json"), "model_modules": registry.plugin_modules()}
+    datasets = None
+    if spec.parallelism == "data":
+        loop_config.update(item_ids=ray.put(data.item_ids), counts=ray.put(data.counts.tolist()))
+        datasets = {"train": ray.data.from_items(family_of(spec).to_rows(data.train))}
     trainer = TorchTrainer(
         train_loop_per_worker=_ray_worker,
-        train_loop_config={
-            "job": cfg.model_dump(mode="json"),
-            "item_ids": ray.put(item_ids),
-            "counts": ray.put(counts.tolist()),
-        },
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu,
             resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {}),
@@ -221,15 +235,25 @@ def _fit_ray(cfg: TrainJobConfig, train: SessionArrays, item_ids, counts, log) -
         ),
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=cfg.run.name,
-            storage_path=_storage(cfg),
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            name=job.run.name,
+            storage_path=_storage(job),
+            failure_config=FailureConfig(max_failures=job.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
         ),
-        datasets={"train": ds},
+        datasets=datasets,
     )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
     ck = result.checkpoint.path if result.checkpoint is not None else None
-    return FitResult(dict(result.metrics or {}), ck, _run_dir(cfg))
+    metrics = dict(result.metrics or {})
+    history: list[dict[str, Any]] = []
+    if ck is not None:  # a local path (remote storage: no history, the metrics still come back)
+        if not job.run.checkpoint and Path(ck, METRICS_FILE).is_file():
+            metrics = json.loads(Path(ck, METRICS_FILE).read_text())
+            history = metrics.pop("history", [])
+        elif Path(ck, "meta.json").is_file():  # every epoch of the run, resumed ones included
+            history = json.loads(Path(ck, "meta.json").read_text()).get("history", [])
+    if not job.run.checkpoint:
+        ck = None
+    return FitResult(metrics, ck, run_dir(job), history)

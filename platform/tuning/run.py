@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from rayrec.models import registry
 from rayrec.platform.config import ConfigError, StrictModel, apply_overrides, load_config
 from rayrec.platform.tuning.gentune import fitness
 from rayrec.platform.tuning.space import Gene, check_space_keys, make_train_config
@@ -82,33 +82,22 @@ class TuneJobConfig(StrictModel):
         return self
 
 
-REPORTED = {"loss", "epoch", "fitness", "recall@5", "recall@10", "recall@20", "mrr@5", "mrr@10", "mrr@20",
-            "ndcg@20", "hit@20", "events_per_s", "train_events"}
-DAILY_REPORTED = {"loss", "train_loss", "epoch", "fitness", "examples_per_s", "valid_n_users"}
+#: what every trial reports besides its data family's metrics (``family.metric_names``)
+REPORTED = {"loss", "epoch", "fitness", "examples", "examples_per_s", "epoch_s", "world_size"}
 
 
-def is_daily(base: dict[str, Any]) -> bool:
-    """Whether the base config trains the daily model (``model.name: daily_nn``)."""
-    model = base.get("model")
-    return isinstance(model, dict) and model.get("name") == "daily_nn"
+def _spec_and_family(base: dict[str, Any]):
+    from rayrec.platform.training.families import family_of
 
-
-def config_class(base: dict[str, Any]) -> type:
-    """The training config a trial validates into: the daily model's or the session models'."""
-    if is_daily(base):
-        from rayrec.platform.daily.config import DailyTrainJobConfig
-
-        return DailyTrainJobConfig
-    from rayrec.platform.training.config import TrainJobConfig
-
-    return TrainJobConfig
+    spec = registry.get(make_train_config(base, {}).model.name)
+    return spec, family_of(spec)
 
 
 def base_dict(cfg: TuneJobConfig) -> dict[str, Any]:
     data = yaml.safe_load(Path(cfg.base_config).read_text(encoding="utf-8")) or {}
     data = apply_overrides(data, cfg.base_overrides)
-    # trials run the loop in-process; paths absolute for the trial processes
-    data = apply_overrides(data, {"scaling.num_workers": 0})
+    # trials run the loop in-process, with checkpoints (PBT restores from them)
+    data = apply_overrides(data, {"ray.use_ray": False, "run.checkpoint": True})
     # one torch thread per CPU the trial holds: the base config's cpus_per_worker (2 for a
     # lone run) would put 2 OpenMP threads per trial on max_concurrent trials and oversubscribe
     # the cores; spinning OpenMP workers then slow every trial several-fold
@@ -116,37 +105,25 @@ def base_dict(cfg: TuneJobConfig) -> dict[str, Any]:
     path = data.get("data", {}).get("path")
     if path and "://" not in path:
         data["data"]["path"] = os.path.abspath(path)
-    if is_daily(data):  # PBT restores from the trial's checkpoints
-        data = apply_overrides(data, {"run.checkpoint": True})
     return data
 
 
 def preflight(cfg: TuneJobConfig) -> dict[str, Any]:
     """Reject bad spaces/metrics before any trial starts (each names the key)."""
+    from rayrec.platform.training.config import TrainJobConfig
+
     base = base_dict(cfg)
-    cls = config_class(base)
-    check_space_keys(base, cfg.space, cls)
-    tcfg = make_train_config(base, {}, cls)
-    if is_daily(base):
-        if not tcfg.data.valid_prefix:
-            raise ConfigError("base config: data.valid_prefix is required (tuning objectives use the "
-                              "validation windows, shifted back one month)")
-        if cfg.final_train_split:
-            raise ConfigError("final_train_split: the daily model is evaluated on its test windows by "
-                              "`rayrec.jobs.daily --compare`; set final_train_split: null")
-        ks = tcfg.train.ks
-        metrics = DAILY_REPORTED | {f"valid_{m}@{k}" for m in ("precision", "pcc", "coverage") for k in ks}
-        _check_metrics(cfg, metrics)
-        return base
+    check_space_keys(base, cfg.space, TrainJobConfig)
+    tcfg = make_train_config(base, {})
     if not tcfg.data.valid_split:
         raise ConfigError("base config: data.valid_split is required (tuning objectives use the validation split)")
-    if tcfg.data.valid_split == cfg.final_test_split:
+    if tcfg.data.valid_split == cfg.final_test_split or tcfg.data.valid_split == tcfg.data.test_split:
         raise ConfigError(
             f"base config: data.valid_split={tcfg.data.valid_split!r} is the test split; tune on a "
             "validation split (e.g. train_tr -> train_valid) so the test split is touched once"
         )
-    metrics = REPORTED | {f"{m}@{k}" for m in ("recall", "mrr", "ndcg", "hit") for k in tcfg.train.cutoffs}
-    _check_metrics(cfg, metrics)
+    _, family = _spec_and_family(base)
+    _check_metrics(cfg, REPORTED | set(family.metric_names(tcfg.eval.ks)))
     return base
 
 
@@ -157,33 +134,27 @@ def _check_metrics(cfg: TuneJobConfig, metrics: set[str]) -> None:
 
 
 def trainable(config: dict[str, Any]) -> None:
-    """One Tune trial: train the sampled config, reporting every epoch with a checkpoint."""
-    from rayrec.platform import data
+    """One Tune trial: the one training loop on the sampled config, in the trial's process,
+    reporting every epoch with a checkpoint (restored weights and optimiser state for PBT)."""
     from rayrec.platform.training.loop import WorkerContext, train_worker
-    from rayrec.platform.training.steps import item_counts
 
     meta = config["__rayrec__"]
+    registry.import_modules(meta.get("model_modules", []))  # plug-in models of the driver
     point = {k: v for k, v in config.items() if k != "__rayrec__"}
-    if is_daily(meta["base"]):
-        return _daily_trainable(meta, point)
-    cfg = make_train_config(meta["base"], point)
-    root = cfg.data.path
-    item_ids = data.load_items(root)["item_id"].astype(str).tolist()
-    train = data.session_arrays(root, cfg.data.train_split)
-    valid = data.session_arrays(root, cfg.data.valid_split)
-    restore, report = _trial_io(point, meta["accuracy_metric"], "loss")
-    ctx = WorkerContext(0, 1, report, restore, train, valid, item_ids,
-                        item_counts(train, len(item_ids)), lambda _m: None)
-    train_worker(cfg, ctx)
+    job = make_train_config(meta["base"], point)
+    _, family = _spec_and_family(meta["base"])
+    data = family.load(job, with_valid=True)
+    restore, report = _trial_io(point, meta["accuracy_metric"])
+    train_worker(job, WorkerContext(0, 1, report, restore, data, lambda _m: None))
 
 
 HISTORY_FILE = "rayrec_history.jsonl"
 
 
-def _trial_io(point: dict[str, Any], acc_key: str, loss_key: str, remove_reported: bool = False):
+def _trial_io(point: dict[str, Any], acc_key: str):
     """A trial's restore directory (its Tune checkpoint, unpacked; None on a fresh start) and
-    the ``report(metrics, checkpoint_dir)`` the training loops call every epoch: numeric
-    metrics, ``loss`` (from ``loss_key``) and ``fitness`` (seed 004) go to Tune with the
+    the ``report(metrics, checkpoint_dir)`` the training loop calls every epoch: numeric
+    metrics and ``fitness`` (seed 004: accuracy + 1 / (1 + loss)) go to Tune with the
     checkpoint and to the trial's history file."""
     from ray import tune
 
@@ -196,12 +167,9 @@ def _trial_io(point: dict[str, Any], acc_key: str, loss_key: str, remove_reporte
 
     def report(metrics: dict[str, Any], ck_dir: str | None) -> None:
         out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        out["loss"] = out[loss_key]
         out["fitness"] = fitness(out.get(acc_key, 0.0), out["loss"])
         history(out)
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(ck_dir) if ck_dir else None)
-        if ck_dir and remove_reported:  # report() has copied it into the trial's storage
-            shutil.rmtree(ck_dir, ignore_errors=True)
 
     return restore, report
 
@@ -222,17 +190,6 @@ def _history_writer(point: dict[str, Any]):
             f.write(json.dumps(row) + "\n")
 
     return write
-
-
-def _daily_trainable(meta: dict[str, Any], point: dict[str, Any]) -> None:
-    """A daily-model trial (seed 000): the in-process loop, validation windows every epoch."""
-    from rayrec.platform.daily.config import DailyTrainJobConfig
-    from rayrec.platform.daily.trainer import load_daily_data, train_loop
-
-    cfg = make_train_config(meta["base"], point, DailyTrainJobConfig)
-    data = load_daily_data(cfg, with_valid=True)
-    restore, report = _trial_io(point, meta["accuracy_metric"], "train_loss", remove_reported=True)
-    train_loop(cfg, 0, 1, report, data, restore, log=lambda _m: None)
 
 
 def _tune_domain(gene: Any):
@@ -279,10 +236,9 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
 
     base = preflight(cfg)
     init_ray(None, None)
-    meta = {"base": base, "accuracy_metric": cfg.accuracy_metric}
+    meta = {"base": base, "accuracy_metric": cfg.accuracy_metric, "model_modules": registry.plugin_modules()}
     storage = cfg.run.storage_path if "://" in cfg.run.storage_path else os.path.abspath(cfg.run.storage_path)
-    cls = config_class(base)
-    epochs = make_train_config(base, {}, cls).train.epochs
+    epochs = make_train_config(base, {}).train.epochs
     param_space: dict[str, Any] = {"__rayrec__": meta}
     search_alg = None
     scheduler = None
@@ -351,7 +307,7 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
         trials.append({"trial": Path(r.path).name, "config": {k: v for k, v in r.config.items() if k != "__rayrec__"},
                        **{k: r.metrics.get(k) for k in ("epoch", cfg.metric, cfg.accuracy_metric, "loss")}})
     out_dir = Path(storage) / cfg.run.name
-    best_cfg = make_train_config(base, best_point, cls)
+    best_cfg = make_train_config(base, best_point)
     best_yaml = out_dir / "best_config.yaml"
     best_yaml.write_text(yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
     summary = {"method": cfg.method, "n_trials": len(trials), "best_point": best_point,
@@ -376,7 +332,7 @@ def final_evaluation(best_yaml: str, train_split: str, test_split: str, storage:
     cfg = load_config(TrainJobConfig, best_yaml, [f"data.train_split={train_split}",
                                                   f"data.valid_split={test_split}",
                                                   f"run.storage_path={storage}", "run.name=final",
-                                                  "scaling.num_workers=0", "train.eval_every=1000000",
+                                                  "ray.use_ray=false", "eval.every=1000000",
                                                   *([f"train.epochs={epochs}"] if epochs else [])])
     res = fit(cfg, log=log)
     return {k: v for k, v in res.metrics.items() if isinstance(v, (int, float, str))}

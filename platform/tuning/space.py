@@ -157,5 +157,5 @@ def check_space_keys(base: dict[str, Any], space: dict[str, Any], cls: type) -> 
 def make_train_config(base: dict[str, Any], point: dict[str, Any], cls: type | None = None):
     """The one place a sampled point becomes a validated training config."""
     if cls is None:
-        from rayrec.platform.training.config import TrainJobConfig as cls  # noqa: N813
+        from rayrec.platform.training.config import TrainJobConfig as cls
     return validate_config(cls, apply_overrides(base, point), source="tune sample")

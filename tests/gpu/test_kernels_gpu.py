@@ -19,8 +19,9 @@ pytestmark = [
 @pytest.fixture(autouse=True)
 def _compiled_triton(monkeypatch):
     pytest.importorskip("triton")
-    from rayrec.ops_kernels.linear_ce import triton_impl
     from triton.runtime.interpreter import InterpretedFunction
+
+    from rayrec.ops_kernels.linear_ce import triton_impl
 
     if isinstance(triton_impl._lse_kernel, InterpretedFunction):
         pytest.skip("triton kernels are interpreted in this process; run tests/gpu on its own")
@@ -28,13 +29,13 @@ def _compiled_triton(monkeypatch):
     yield
 
 
-def _close(a, b, tol):  # noqa: ANN001, ANN202
+def _close(a, b, tol):
     a, b = a.detach().float(), b.detach().float()
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
     torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale)
 
 
-def _grads(fn, *ts):  # noqa: ANN001, ANN202
+def _grads(fn, *ts):
     ts = [t.detach().clone().requires_grad_() for t in ts]
     out = fn(*ts)
     out.backward()

@@ -152,7 +152,8 @@ def _train_cfg(data: str, storage: Path, name: str, *extra: str):
     from rayrec.platform.training.config import TrainJobConfig
 
     return load_config(TrainJobConfig, None, [
-        f"data.path={data}", "data.valid_split=test", "train.batch_size=16", "loss.n_sample=64",
+        "model.name=gru4rec", f"data.path={data}", "data.valid_split=test", "train.batch_size=16",
+        "model.loss.n_sample=64",
         "scaling.num_workers=2", "scaling.cpus_per_worker=1", f"run.storage_path={storage}",
         f"run.name={name}", *extra])
 
@@ -221,7 +222,7 @@ def scenario_node_kill(cluster, work: Path) -> dict[str, Any]:
     def target():
         try:
             box["result"] = fit(cfg, log=print)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             box["error"] = f"{type(exc).__name__}: {exc}"
 
     th = threading.Thread(target=target, daemon=True)
@@ -259,8 +260,8 @@ N_STEPS = 16
 def _model_dir(root: Path, n_items: int = 300) -> list[str]:
     """One small GRU4Rec checkpoint ``root/m1`` over items i0..i{n-1}."""
     import torch
-    from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 
+    from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig
     from rayrec.platform.checkpoint import save_checkpoint
 
     items = [f"i{k}" for k in range(n_items)]
@@ -309,7 +310,7 @@ def scenario_serve(cluster, work: Path) -> dict[str, Any]:
         return {"skip": "python package redis missing (a dev extra: pip install -e '.[dev]')"}
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return {"skip": f"no Redis server at {REDIS_URL} ({exc}); start redis-server to run this"}
     items = _model_dir(work / "models")
     prefix = f"rayrec-mn-{uuid.uuid4().hex[:10]}:"
@@ -320,13 +321,15 @@ def scenario_serve(cluster, work: Path) -> dict[str, Any]:
     cfg["proxy_location"] = "HeadOnly"  # one HTTP port per machine: all nodes share 127.0.0.1
     cfg["http_options"] = {"host": "127.0.0.1", "port": port}
     app = cfg["applications"][0]
-    app["args"].update({
-        "model_dir": str(work / "models"), "model": "m1", "store_path": None,
-        "session_store": REDIS_URL, "session_key_prefix": prefix,
-        "event_log_dir": str(work / "events"), "session_replicas": 2, "ingress_replicas": 2,
-        "session_num_cpus": 0.5, "ingress_num_cpus": 0.5,
+    args = app["args"]
+    args["session"].update({
+        "model_dir": str(work / "models"), "model": "m1", "store": REDIS_URL,
+        "key_prefix": prefix, "replicas": 2, "num_cpus": 0.5,
     })
-    app["args"].pop("autoscaling", None)
+    args["session"].pop("autoscaling", None)
+    args["daily"]["store_path"] = None
+    args["events"]["log_dir"] = str(work / "events")
+    args.setdefault("ingress", {}).update({"replicas": 2, "num_cpus": 0.5})
     app["deployments"] = [{"name": "Ingress", "max_replicas_per_node": 1},
                           {"name": "SessionRecommender", "max_replicas_per_node": 1}]
     store = RedisSessionStore(REDIS_URL, prefix=prefix)
@@ -424,12 +427,12 @@ def main() -> int:
             try:
                 res = SCENARIOS[name](cluster, sub)
                 res.setdefault("ok", "skip" not in res)
-            except Exception as exc:  # noqa: BLE001 - reported to the test as JSON
+            except Exception as exc:
                 traceback.print_exc()
                 res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             res["scenario_s"] = time.perf_counter() - t
             out[name] = res
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         traceback.print_exc()
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:

@@ -152,8 +152,8 @@ def test_submit_train_then_evaluate_jobs(head, sessions_data):
     runs = head["tmp"] / "runs"
     logs = submit_job(
         head, "train", "-c", str(REPO / "jobs/configs/gru4rec_rsc15.yaml"), f"data.path={sessions_data}",
-        "train.epochs=1", "train.max_steps_per_epoch=30", "train.batch_size=16", "loss.n_sample=64",
-        "model.layers=[32]", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
+        "train.epochs=1", "train.max_steps_per_epoch=30", "train.batch_size=16",
+        "model.loss.n_sample=64", "model.layers=[32]", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
         f"run.storage_path={runs}", "run.name=submitted",
     )
     ck = re.search(r"^checkpoint: (\S+)$", logs, re.M)
@@ -209,7 +209,8 @@ def test_submit_daily_then_batch_predict_jobs(head):
 def test_submit_tune_random_two_trials(head, sessions_data):
     storage = head["tmp"] / "tune"
     base = [f"data.path={sessions_data}", "data.train_split=train_tr", "data.valid_split=train_valid",
-            "train.epochs=1", "train.max_steps_per_epoch=20", "train.batch_size=16", "loss.n_sample=64"]
+            "train.epochs=1", "train.max_steps_per_epoch=20", "train.batch_size=16",
+            "model.loss.n_sample=64"]
     logs = submit_job(
         head, "tune", "-c", str(REPO / "jobs/configs/tune_gru4rec_random.yaml"),
         f"base_config={REPO / 'jobs/configs/gru4rec_rsc15.yaml'}", f"base_overrides=[{', '.join(base)}]",

@@ -165,7 +165,7 @@ def test_node_loss_mid_training_resumes_from_checkpoint(tmp_path):
     assert {w["node_id"] for w in restarted} == survivors
     # the run finished: all epochs, evaluated, with a loadable checkpoint
     m = r["metrics"]
-    assert m["epoch"] == 4 and m["recall@20"] > 0 and m["train_events"] > 0
+    assert m["epoch"] == 4 and m["recall@20"] > 0 and m["examples"] > 0
     assert (Path(r["checkpoint_dir"]) / "model.pt").is_file()
     # resumed, not restarted: every epoch was checkpointed exactly once
     epochs = [e for _, e in r["checkpoints"]]
@@ -177,8 +177,11 @@ def test_node_loss_mid_training_resumes_from_checkpoint(tmp_path):
                if any("resuming from" in ln for ln in lines)]
     assert len(resumed) == 1, r["worker_lines"]
     lines = resumed[0][1]
-    ck = re.search(r"(checkpoint_[^)/\s]+)\)", lines[0])
-    assert "resuming from" in lines[0] and ck, lines
+    # "resuming from <storage>/<run>/checkpoint_X at epoch N", said once
+    ck = re.search(r"resuming from \S*(checkpoint_[^/\s]+) at epoch (\d+)$", lines[0])
+    assert ck, lines
+    assert sum("resuming from" in ln for ln in lines) == 1, lines
     start = by_name[ck.group(1)]
-    assert 1 <= start < 4
-    assert re.match(rf"epoch {start + 1}/4 ", lines[1]), lines
+    assert 1 <= start < 4 and int(ck.group(2)) == start
+    epoch_lines = [ln for ln in lines if re.match(r"epoch \d+/\d+ ", ln)]
+    assert epoch_lines and re.match(rf"epoch {start + 1}/4 ", epoch_lines[0]), lines

@@ -1,23 +1,31 @@
-"""The Ray Serve recommender (issue 5): served vs offline top-K, every endpoint over HTTP on
-127.0.0.1, bad requests -> 4xx while the service keeps serving, a killed replica, a model
-rollout under load."""
+"""The Ray Serve recommender (issue 5): served vs offline top-K, any registered session model
+served, every endpoint over HTTP on 127.0.0.1, bad requests -> 4xx while the service keeps
+serving, a killed replica, a model rollout under load, the grouped app arguments.  (The pure
+policy functions are tested in tests/unit/test_serve_policy.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import random
 import threading
 import time
 import uuid
+from typing import Literal
 
 import pandas as pd
 import pytest
 import torch
-from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig
-from rayrec.serve_apps.core import ScoreRequest, SessionModel, blend, resolve_model_path
+from pydantic import BaseModel, ConfigDict
+from torch import nn
 
-from rayrec.platform.checkpoint import save_checkpoint
+from rayrec.models import registry
+from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig, GRU4RecScorer
+from rayrec.platform.checkpoint import CheckpointError, save_checkpoint
 from rayrec.platform.sessions import read_event_log
+from rayrec.serve_apps.messages import ScoreRequest
+from rayrec.serve_apps.scoring import Popularity, SessionModel, resolve_model_path
 from tests.conftest import data_path
 from tests.fixtures import free_port
 
@@ -53,12 +61,22 @@ def _checkpoint(path, items, seed):
     return model
 
 
+def _daily_checkpoint(path):
+    """A registered model of another kind (daily): the session recommender must refuse it."""
+    spec = registry.get("daily_nn")
+    cfg = spec.config_cls(hidden_sizes=(4, 4))
+    ids = [f"d{j}" for j in range(10)]
+    save_checkpoint(path, spec.build(cfg, len(ids)).state_dict(),
+                    {"model": cfg.model_dump(mode="json")}, ids)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     items, sessions = _rsc15()
     root = tmp_path_factory.mktemp("serve")
     models = {name: _checkpoint(root / "models" / name, items, seed)
               for name, seed in (("m1", 0), ("m2", 1))}
+    _daily_checkpoint(root / "models" / "d1")
     cats = {it: f"c{int(it) % 3}" for it in items}
     meta = root / "items.csv"
     pd.DataFrame({"item_id": list(cats), "category": list(cats.values())}).to_csv(meta, index=False)
@@ -75,7 +93,7 @@ def world(tmp_path_factory):
 def offline_topk(model: GRU4Rec, session: list[int], k: int) -> tuple[list[int], torch.Tensor]:
     """The offline path: feed events one by one through the evaluation scorer, then
     ``model.score`` over all items (what evaluation does), top-K."""
-    sc = model.scorer()
+    sc = GRU4RecScorer(model)
     state = sc.init_state(1)
     for it in session:
         scores, state = sc.step(state, torch.tensor([it]), torch.tensor([False]))
@@ -134,8 +152,6 @@ def test_core_filters_and_fallback(world):
 
 
 def test_popularity_prefers_online_counters(world, tmp_path):
-    from rayrec.serve_apps.core import Popularity
-
     from rayrec.platform.sessions import SessionEvent, SQLiteSessionStore
 
     sm = SessionModel(world["root"] / "models" / "m1")
@@ -149,15 +165,104 @@ def test_popularity_prefers_online_counters(world, tmp_path):
     assert r.items == [items[500], items[400], items[1], items[2]]
 
 
-def test_blend_policies():
-    a, b = ["a", "b", "c"], ["x", "b", "y"]
-    assert blend(a, b, 5, "interleave") == ["a", "x", "b", "c", "y"]
-    assert blend(a, b, 4, "session_first") == ["a", "b", "c", "x"]
-    assert blend(a, b, 4, "daily_first") == ["x", "b", "y", "a"]
-    assert blend(a, ["b", "x", "y"], 2, "weighted", 0.5) == ["b", "a"]  # in both: ranks add up
-    assert blend(a, b, 3, "weighted", 1.0)[:3] == ["a", "b", "c"]
-    with pytest.raises(ValueError, match="policy"):
-        blend(a, b, 3, "zip")
+# ---- any registered session model is served ----------------------------------------------
+class _MeanPoolConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: Literal["test_serve_meanpool"] = "test_serve_meanpool"
+    dim: int = 2
+
+
+class _MeanPool(nn.Module):
+    """A plug-in session model: a session is the mean of its items' embeddings, an item's
+    score the dot product with its embedding."""
+
+    def __init__(self, cfg: _MeanPoolConfig, n_items: int) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.emb = nn.Parameter(torch.zeros(n_items, cfg.dim))
+
+
+class _MeanPoolScorer:
+    """Its ServableScorer (dense: the test's reference, not a fast path)."""
+
+    def __init__(self, model: _MeanPool) -> None:
+        self.model, self.n_items = model, model.n_items
+
+    def init_state(self, batch_size):
+        d = self.model.emb.shape[1]
+        return torch.zeros(batch_size, d), torch.zeros(batch_size, 1)
+
+    def step(self, state, items, reset):
+        keep = (~torch.as_tensor(reset)).float().unsqueeze(1)
+        s, c = state[0] * keep + self.model.emb[items], state[1] * keep + 1
+        return (s / c) @ self.model.emb.T, (s, c)
+
+    def select(self, state, rows):
+        return state[0][rows], state[1][rows]
+
+    def encode(self, sequences):
+        return torch.stack([self.model.emb[list(s)].mean(0) for s in sequences])
+
+    def topk(self, encoded, k, exclude=None, item_mask=None):
+        s = encoded @ self.model.emb.T
+        for i, row in enumerate(exclude or []):
+            if row:
+                s[i, torch.as_tensor(row)] = -torch.inf
+        if item_mask is not None:
+            s[:, ~item_mask] = -torch.inf
+        v, i = torch.topk(s, k, dim=1)
+        return v, i.masked_fill(~torch.isfinite(v), -1)
+
+
+class _StepOnlyScorer(_MeanPoolScorer):
+    encode = None  # evaluation can use it, Serve cannot
+
+
+@pytest.fixture
+def plugin_models(tmp_path):
+    specs = [registry.ModelSpec(name="test_serve_meanpool", config_cls=_MeanPoolConfig,
+                                build=_MeanPool, kind="session", scorer=_MeanPoolScorer)]
+    for spec in specs:
+        registry.register(spec)
+    cfg = _MeanPoolConfig()
+    model = _MeanPool(cfg, 5)
+    with torch.no_grad():
+        model.emb.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [0.5, 0.2]]))
+    ids = [f"p{j}" for j in range(5)]
+    save_checkpoint(tmp_path / "mean", model.state_dict(), {"model": cfg.model_dump(mode="json")}, ids)
+    yield tmp_path / "mean"
+    for spec in specs:
+        registry.MODELS.pop(spec.name, None)
+
+
+def test_any_registered_session_model_is_served(plugin_models):
+    cats = {"p0": "a", "p1": "b", "p2": "a", "p3": "b", "p4": "b"}
+    sm = SessionModel(plugin_models, name="mean", categories=cats)
+    assert sm.spec.name == "test_serve_meanpool" and sm.catalog.item_ids[0] == "p0"
+    res = sm.score_batch([
+        # mean(p1, p4) = (0.25, 0.6): p0 .25, p1 .6, p2 .85, p3 -.25, p4 .245
+        ScoreRequest(["p1", "p4"], 3, []),
+        ScoreRequest(["p1", "p4"], 3, ["p1"]),
+        # (1, 0) over the "b" items only: p1 0, p3 -1, p4 .5; fewer eligible than k
+        ScoreRequest(["p0"], 5, ["p0"], ["b"], []),
+        # nothing known: popularity fallback (training order), p0 excluded
+        ScoreRequest(["zz"], 2, ["p0"]),
+    ])
+    assert res[0].items == ["p2", "p1", "p0"] and res[0].source == "session"
+    assert res[0].scores == pytest.approx([0.85, 0.6, 0.25])
+    assert res[1].items == ["p2", "p0", "p4"]
+    assert res[2].items == ["p4", "p1", "p3"]
+    assert res[3].items == ["p1", "p2"] and res[3].source == "popularity"
+    assert res[3].unknown_items == 1 and all(r.model == "mean" for r in res)
+
+
+def test_non_servable_checkpoints_are_refused(world, plugin_models, tmp_path):
+    with pytest.raises(CheckpointError, match="session model"):
+        SessionModel(world["root"] / "models" / "d1")  # a daily model
+    registry.MODELS["test_serve_meanpool"] = dataclasses.replace(
+        registry.MODELS["test_serve_meanpool"], scorer=_StepOnlyScorer)
+    with pytest.raises(CheckpointError, match="encode and topk"):
+        SessionModel(plugin_models)
 
 
 def test_model_names_cannot_leave_model_dir(world, tmp_path):
@@ -179,17 +284,20 @@ def test_model_names_cannot_leave_model_dir(world, tmp_path):
 # ---- the application over HTTP ----------------------------------------------------------
 
 
-def _args(world, **kw):
-    from rayrec.serve_apps.recommender import RecommenderArgs
+def _args(world, model="m1"):
+    from rayrec.serve_apps.app import RecommenderArgs
 
     root = world["root"]
-    base = dict(model_dir=str(root / "models"), model="m1", store_path=str(root / "recs.db"),
-                session_store=f"sqlite://{root / 'sessions.db'}",
-                event_log_dir=str(root / "events"), item_metadata=str(world["meta"]),
-                session_replicas=2, max_body_bytes=64 * 1024, health_check_period_s=1.0,
-                session_num_cpus=0.25, ingress_num_cpus=0.25, daily_num_cpus=0.1)
-    base.update(kw)
-    return RecommenderArgs(**base)
+    return RecommenderArgs(
+        session={"model_dir": str(root / "models"), "model": model,
+                 "store": f"sqlite://{root / 'sessions.db'}", "replicas": 2, "num_cpus": 0.25},
+        daily={"store_path": str(root / "recs.db"), "num_cpus": 0.1},
+        ingress={"num_cpus": 0.25},
+        events={"log_dir": str(root / "events")},
+        catalog={"item_metadata": str(world["meta"])},
+        limits={"max_body_bytes": 64 * 1024},
+        health={"period_s": 1.0},
+    )
 
 
 def _serve_port(default: int) -> int:
@@ -207,7 +315,8 @@ def _serve_port(default: int) -> int:
 @pytest.fixture(scope="module")
 def service(world, ray_session):
     from ray import serve
-    from rayrec.serve_apps.recommender import build_app
+
+    from rayrec.serve_apps.app import build_app
 
     os.environ["RAYREC_ADMIN_TOKEN"] = TOKEN
     try:
@@ -364,6 +473,8 @@ def test_multiplexed_model_and_name_checks(service, world):
     assert_same_topk(r.json()["items"], world["models"]["m2"], world["items"], s, K)
     r = c.post("/recommendations", json={"items": s, "model": "m9"})
     assert r.status_code == 404
+    r = c.post("/recommendations", json={"items": s, "model": "d1"})  # a daily checkpoint
+    assert r.status_code == 422 and "session model" in r.json()["detail"]
     for bad in ["../m1", "..", "/etc/passwd", "a/../../b"]:
         r = c.post("/recommendations", json={"items": s, "model": bad})
         assert r.status_code == 422, bad
@@ -449,7 +560,7 @@ def test_killed_session_replica_loses_no_history(service, world):
 
 @pytest.mark.slow
 def test_model_rollout_under_load_drops_nothing(service, world):
-    from rayrec.serve_apps.recommender import build_app
+    from rayrec.serve_apps.app import build_app
 
     serve = service["serve"]
     c = service["client"]
@@ -487,27 +598,64 @@ def test_model_rollout_under_load_drops_nothing(service, world):
     assert_same_topk(body["items"], world["models"]["m2"], world["items"], s, K)
 
 
+def _repo_file(*parts):
+    return os.path.join(os.path.dirname(__file__), "..", "..", *parts)
+
+
 def test_serve_config_yaml_is_valid():
     import yaml
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
-    from rayrec.serve_apps.recommender import RecommenderArgs
 
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "serve_apps", "configs",
-                        "recommender.yaml")
-    with open(path) as fh:
+    from rayrec.serve_apps.app import RecommenderArgs, build_app
+
+    with open(_repo_file("serve_apps", "configs", "recommender.yaml")) as fh:
         cfg = yaml.safe_load(fh)
     ServeDeploySchema.model_validate(cfg)
     (app_cfg,) = cfg["applications"]
-    assert app_cfg["import_path"] == "rayrec.serve_apps.recommender:build_app"
+    assert app_cfg["import_path"] == "rayrec.serve_apps.app:build_app"
     assert cfg["http_options"]["host"] == "127.0.0.1"
     args = RecommenderArgs(**app_cfg["args"])
-    assert args.autoscaling["max_replicas"] >= args.autoscaling["min_replicas"]
-    with pytest.raises(ValueError, match="model"):
-        RecommenderArgs(**{**app_cfg["args"], "model": "../x"})
+    auto = args.session.autoscaling
+    assert auto["max_replicas"] >= auto["min_replicas"]
+    # the shipped configs agree: Serve reads what the daily job writes and the run dir the
+    # GRU4Rec training writes its checkpoints to
+    with open(_repo_file("jobs", "configs", "daily_ml100k.yaml")) as fh:
+        daily = yaml.safe_load(fh)
+    with open(_repo_file("jobs", "configs", "gru4rec_rsc15.yaml")) as fh:
+        train = yaml.safe_load(fh)
+    assert args.daily.store_path == daily["store"]["path"]
+    assert args.session.model_dir == f"{train['run']['storage_path']}/{train['run']['name']}"
+    # Serve validates args into the builder's annotation (a typed app builder): bad args fail
+    # there, before a deployment starts
+    assert inspect.signature(build_app).parameters["args"].annotation is RecommenderArgs
+    a = app_cfg["args"]
+    with pytest.raises(ValueError, match="store_path moved to daily.store_path"):
+        call_user_app_builder_with_args_if_necessary(build_app, {**a, "store_path": "x.db"})
+    with pytest.raises(ValueError, match="session.model"):
+        RecommenderArgs(**{**a, "session": {**a["session"], "model": "../x"}})
     with pytest.raises(ValueError, match="max_k"):
-        RecommenderArgs(**{**app_cfg["args"], "max_k": 0})
+        RecommenderArgs(**{**a, "limits": {**a["limits"], "max_k": 0}})
+    with pytest.raises(ValueError, match="default_k"):
+        RecommenderArgs(**{**a, "limits": {"default_k": 50, "max_k": 10}})
     with pytest.raises(ValueError, match="typo"):
-        RecommenderArgs(**{**app_cfg["args"], "typo": 1})
+        RecommenderArgs(**{**a, "typo": 1})
+    with pytest.raises(ValueError, match="session.session_store moved to session.store"):
+        RecommenderArgs(**{**a, "session": {**a["session"], "session_store": "x"}})
+    with pytest.raises(ValueError, match=r"max_k moved to limits\.max_k.*session_weight moved "
+                                         r"to blend\.session_weight"):
+        RecommenderArgs(**{**a, "max_k": 5, "session_weight": 0.1})
+    # every old flat key names its new place
+    from rayrec.serve_apps.config import MOVED
+
+    for old, new in MOVED.items():
+        with pytest.raises(ValueError, match=f"{old} moved to {new}"):
+            RecommenderArgs(**{**a, old: None})
+        section, *path = new.split(".")
+        target = RecommenderArgs.model_fields[section].annotation
+        for part in path[:-1]:
+            target = target.model_fields[part].annotation
+        assert path[-1] in target.model_fields, new
 
 
 # ---- OpenAPI fuzzing (schemathesis, bounded) ----------------------------------------------

@@ -21,8 +21,8 @@ def data_root(tmp_path_factory):
 def _cfg(root, storage, name, *extra):
     return load_config(
         TrainJobConfig, None,
-        [f"data.path={root}", "data.valid_split=test", "train.epochs=2", "train.batch_size=16",
-         "loss.n_sample=64", "train.max_steps_per_epoch=40", "scaling.num_workers=2",
+        ["model.name=gru4rec", f"data.path={root}", "data.valid_split=test", "train.epochs=2",
+         "train.batch_size=16", "model.loss.n_sample=64", "train.max_steps_per_epoch=40", "scaling.num_workers=2",
          "scaling.cpus_per_worker=1", f"run.storage_path={storage}", f"run.name={name}", *extra],
     )
 
@@ -41,7 +41,7 @@ def test_deepspeed_zero2_matches_ddp_two_workers(ray_session, data_root, tmp_pat
     ds = fit(_cfg(data_root, tmp_path, "ds", "scaling.engine=deepspeed", "scaling.zero_stage=2"), log=lambda _m: None)
     for res in (ddp, ds):
         assert res.metrics["epoch"] == 2 and res.metrics["protocol"] == "next_item"
-        assert res.metrics["train_events"] > 0
+        assert res.metrics["examples"] > 0
     l_ddp, l_ds = _epoch_losses(ddp.run_dir), _epoch_losses(ds.run_dir)
     assert l_ddp[2] < l_ddp[1]  # it learns
     # same data order, seeds and optimiser: ZeRO-2 partitions state, not the maths
@@ -76,6 +76,6 @@ def test_data_and_storage_given_as_uris(ray_session, data_root, tmp_path):
     """Data and checkpoint locations are URIs (any pyarrow filesystem; file:// here)."""
     res = fit(_cfg(f"file://{data_root}", f"file://{tmp_path}", "uri", "scaling.num_workers=1", "train.epochs=1"),
               log=lambda _m: None)
-    assert res.metrics["epoch"] == 1 and res.metrics["train_events"] > 0
+    assert res.metrics["epoch"] == 1 and res.metrics["examples"] > 0
     cks = list((tmp_path / "uri").glob("checkpoint_*/model.pt"))
     assert cks, f"no checkpoint under {tmp_path / 'uri'}"

@@ -18,11 +18,11 @@ def base_yaml(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     data = synthetic_sessions(root, n_events=5000, n_items=150)
     base = {
-        "model": {"name": "gru4rec", "layers": [32]},
-        "loss": {"n_sample": 32},
+        "model": {"name": "gru4rec", "layers": [32], "loss": {"n_sample": 32}},
         "optim": {"lr": 0.1},
         "data": {"path": data, "train_split": "train_tr", "valid_split": "train_valid"},
-        "train": {"epochs": 3, "batch_size": 16, "max_steps_per_epoch": 30, "cutoffs": [20]},
+        "train": {"epochs": 3, "batch_size": 16, "max_steps_per_epoch": 30},
+        "eval": {"ks": [20]},
     }
     p = root / "base.yaml"
     p.write_text(yaml.safe_dump(base))
@@ -82,7 +82,6 @@ def test_daily_model_pbt_restores_adam_state(ray_session, tmp_path):
     """The shipped daily PBT config's trainable on real ml-100k windows: 4 members, exploit
     every 2 epochs, checkpoints with the optimiser state, our per-epoch history."""
     from rayrec.jobs import daily as daily_job
-
     from rayrec.platform.checkpoint import load_checkpoint
     from tests.conftest import REPO, data_path
 
@@ -105,7 +104,7 @@ def test_daily_model_pbt_restores_adam_state(ray_session, tmp_path):
     assert all(load_checkpoint(c).optim_state["state"] for c in cks[:3])
     hist = [[json.loads(line) for line in (d / "rayrec_history.jsonl").read_text().splitlines()]
             for d in run.glob("trial_*")]
-    assert all(0 <= r["valid_precision@10"] <= 1 for h in hist for r in h)
+    assert all(0 <= r["precision@10"] <= 1 for h in hist for r in h)
     assert all(b["epoch"] > a["epoch"] for h in hist for a, b in zip(h, h[1:]))
     best = yaml.safe_load(Path(summary["best_config_yaml"]).read_text())
-    assert best["model"]["name"] == "daily_nn" and best["data"]["valid_prefix"] == "valid_test"
+    assert best["model"]["name"] == "daily_nn" and best["data"]["valid_split"] == "valid_test"

@@ -10,8 +10,8 @@ import numpy as np
 import pydantic
 import pytest
 import torch
-from rayrec.models import baselines as B
 
+from rayrec.models import baselines as B
 from rayrec.platform.evaluation.protocols import SessionScorer, evaluate_next_item
 
 

@@ -8,17 +8,21 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+
 from rayrec.models.daily_nn import (
     DECAY_BUCKETS,
+    INIT_BLOCK,
     CostWeights,
     DailyNN,
     DailyNNConfig,
     SparseBatch,
+    _block_uniform,
     clip_catalog,
     combined_cost,
     decay_bucket,
     fit_parametric_decay,
     kl_sparsity,
+    local_batch,
     time_decay,
 )
 
@@ -360,5 +364,138 @@ def test_registered_in_model_registry() -> None:
     from rayrec.models import registry
 
     entry = registry.get("daily_nn")
+    assert isinstance(entry, registry.ModelSpec)
     assert entry.config_cls is DailyNNConfig and entry.kind == "daily"
-    assert isinstance(entry.build(DailyNNConfig(hidden_sizes=(4, 4)), 7), DailyNN)
+    assert entry.default_config == "daily_ml100k_train.yaml" and entry.metrics == "future_window"
+    built = entry.build(DailyNNConfig(hidden_sizes=(4, 4)), 7)
+    assert isinstance(built, DailyNN) and not built.is_sharded and built.num_items == 7
+
+
+# ---------------------------------------------------------------------------------------
+# one definition: deterministic block init, product ranges, hooks, the unsharded layout
+# ---------------------------------------------------------------------------------------
+
+
+def test_state_dict_keys_are_the_unsharded_layout() -> None:
+    cfg = DailyNNConfig(hidden_sizes=(5, 3))
+    m = DailyNN(11, cfg)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes == {
+        "input_layer.weight": (11, 5), "input_bias": (5,), "hidden_layer.weight": (3, 5),
+        "hidden_layer.bias": (3,), "output_layer.weight": (11, 3), "output_layer.bias": (11,),
+    }
+    learned = DailyNN(11, DailyNNConfig(hidden_sizes=(5, 3), decay="learned")).state_dict()
+    assert set(learned) - set(shapes) == {"conv_weight", "conv_bias"}
+    assert learned["conv_bias"].shape == (1,)  # not 0-d: DeepSpeed flattens parameters
+    assert set(DailyNN.catalog_dims) <= set(shapes)
+
+
+def test_block_init_is_deterministic_and_matches_the_legacy_sharded_init() -> None:
+    """The rule today's daily checkpoints (``fit``, ``model.name: daily_nn``) were trained from (``ShardedDailyNN``):
+    catalog tables per block of 4096 products from (seed, block), hidden layer from
+    Generator(seed + 7); no draw from the global RNG."""
+    P, seed, (h1, h2) = INIT_BLOCK + 100, 3, (6, 4)
+    cfg = DailyNNConfig(hidden_sizes=(h1, h2), decay="learned")
+    torch.manual_seed(0)
+    a = DailyNN(P, cfg, seed=seed)
+    torch.manual_seed(1)  # another global RNG state: the same weights
+    b = DailyNN(P, cfg, seed=seed)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert not torch.equal(DailyNN(P, cfg, seed=seed + 1).input_layer.weight, a.input_layer.weight)
+    b1, b2 = 1 / math.sqrt(h1), 1 / math.sqrt(h2)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 1)  # the second block of W1
+    block1 = torch.empty(INIT_BLOCK, h1).uniform_(-b1, b1, generator=g)
+    assert torch.equal(a.input_layer.weight[INIT_BLOCK:], block1[:100])
+    torch.testing.assert_close(a.output_layer.weight, _block_uniform(0, P, h2, b2, seed + 1), rtol=0, atol=0)
+    torch.testing.assert_close(a.output_layer.bias, _block_uniform(0, P, 1, b2, seed + 2)[:, 0], rtol=0, atol=0)
+    g = torch.Generator().manual_seed(seed + 7)
+    assert torch.equal(a.hidden_layer.weight, torch.empty(h2, h1).uniform_(-b1, b1, generator=g))
+    assert torch.equal(a.hidden_layer.bias, torch.empty(h2).uniform_(-b1, b1, generator=g))
+    assert torch.equal(a.input_bias, torch.zeros(h1)) and torch.equal(a.conv_weight, torch.ones(32))
+
+
+def test_product_range_holds_exactly_its_rows_of_the_whole_model() -> None:
+    P = 2 * INIT_BLOCK + 7
+    cfg = DailyNNConfig(hidden_sizes=(4, 3))
+    full = DailyNN(P, cfg, seed=1)
+    s, e = INIT_BLOCK - 5, 2 * INIT_BLOCK + 2  # spans three init blocks
+    part = DailyNN(P, cfg, seed=1, start=s, stop=e)
+    assert part.is_sharded and not full.is_sharded and part.catalog_range == (s, e)
+    fs, ps = full.state_dict(), part.state_dict()
+    assert fs.keys() == ps.keys()
+    for k, v in fs.items():
+        dim = DailyNN.catalog_dims.get(k)
+        want = v if dim is None else v.narrow(dim, s, e - s)
+        assert torch.equal(ps[k], want), k
+    for bad in ((0, 0), (-1, 3), (5, P + 1)):
+        with pytest.raises(ValueError, match="product range"):
+            DailyNN(P, cfg, start=bad[0], stop=bad[1])
+    h = full(SparseBatch.from_lists([[1, s + 1]], [[1.0, 2.0]])).detach()
+    with pytest.raises(ValueError, match="whole-catalog"):
+        part.score(h, torch.tensor([s]))
+
+
+@pytest.mark.parametrize("variant,decay", [("predictor", "parametric"), ("soft_split", "learned"),
+                                           ("ew", "none")])
+def test_product_ranges_tile_the_whole_model(variant: str, decay: str) -> None:
+    """With the identity hooks, the ranges' first-layer partials sum to the whole model's,
+    their logits concatenate to its logits and their costs sum to its cost: what the
+    collectives of a tensor-parallel run combine."""
+    P, k = 13, 6
+    cfg = DailyNNConfig(variant=variant, decay=decay, hidden_sizes=(5, 4), dropout=0.0,
+                        ti=40.0 if decay == "parametric" else None)
+    full = DailyNN(P, cfg, seed=2).double()
+    parts = [DailyNN(P, cfg, seed=2, start=0, stop=k).double(), DailyNN(P, cfg, seed=2, start=k, stop=P).double()]
+    if decay == "learned":
+        for m in (full, *parts):
+            with torch.no_grad():
+                m.conv_weight.copy_(torch.linspace(1.5, 0.2, 32, dtype=torch.float64))
+                m.conv_bias.fill_(0.3)
+    inputs = SparseBatch.from_lists([[0, 3, 12, 6], [], [5, 7]], [[1.0, 30.0, 400.0, 3.0], [], [0.0, 9.0]])
+    inputs = SparseBatch(inputs.item_idx, inputs.offsets, inputs.days_ago.double())
+    targets = SparseBatch.from_lists([[4, 9], [7, 8], [5]])
+    torch.testing.assert_close(sum(m._input_partial(inputs, None) for m in parts),
+                               full._input_partial(inputs, None), rtol=1e-12, atol=1e-12)
+    h = full(inputs)
+    torch.testing.assert_close(torch.cat([m.score(h) for m in parts], 1), full.score(h), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sum(m.loss(h, targets, inputs) for m in parts), full.loss(h, targets, inputs),
+                               rtol=1e-12, atol=1e-12)
+    assert all(m.reduce_sum is m.copy_to_parallel for m in parts)  # the identity defaults
+
+
+def test_input_noise_is_drawn_once_per_forward_for_every_input_path() -> None:
+    """One ``torch.rand(nnz)`` per forward, whatever the decay: the same global RNG
+    consumption in every path (ranks stay in step) and the same masks for the same seed."""
+    batch = SparseBatch.from_lists([[0, 3, 7], [1, 2, 4, 5, 6]], [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0, 8.0]])
+    for decay in ("none", "parametric", "learned"):
+        m = DailyNN(8, DailyNNConfig(hidden_sizes=(4, 3), decay=decay, dropout=0.0, input_noise=0.5)).train()
+        torch.manual_seed(5)
+        m(batch)
+        after = torch.rand(1)
+        torch.manual_seed(5)
+        torch.rand(batch.nnz)
+        assert torch.equal(after, torch.rand(1)), decay
+
+
+def test_local_batch_renumbers_the_range() -> None:
+    b = local_batch(SparseBatch.from_lists([[1, 6000, 9999], [5001]], [[1, 2, 3], [4]]), 5000, 10_000)
+    assert b.item_idx.tolist() == [1000, 4999, 1] and b.offsets.tolist() == [0, 2, 3]
+    assert b.days_ago.tolist() == [2.0, 3.0, 4.0]
+
+
+def test_model_file_imports_no_platform_serve_or_jobs() -> None:
+    import ast
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[2] / "models" / "daily_nn.py").read_text()
+    names = []
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names.extend(a.name for a in node.names)
+    assert "rayrec.ops_kernels" in names
+    bad = [n for n in names if n.split(".")[:2] in (["rayrec", "platform"], ["rayrec", "serve_apps"],
+                                                     ["rayrec", "jobs"])]
+    assert not bad, bad

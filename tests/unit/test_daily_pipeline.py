@@ -1,24 +1,26 @@
-"""The daily pipeline without Ray: data -> CSR windows, the sharded model, fit_daily in
-process, the daily job (preprocess -> train -> evaluate -> predict -> publish) and its bad
-inputs.  Data: a small MovieLens-format file generated here (fast and deterministic)."""
+"""The daily pipeline without Ray: data -> CSR windows, the one ``fit`` in process
+(``model.name: daily_nn``, ``ray.use_ray: false``) and the registry loading its checkpoints, the daily job (preprocess -> train -> evaluate ->
+predict -> publish) and its bad inputs.  Data: a small MovieLens-format file generated here
+(fast and deterministic)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from rayrec.jobs import daily as daily_job
-from rayrec.models.daily_nn import DailyNN, DailyNNConfig, SparseBatch
 
+from rayrec.jobs import daily as daily_job
+from rayrec.models.daily_nn import DailyNN
+from rayrec.platform.checkpoint import load_model
 from rayrec.platform.config import ConfigError, load_config
 from rayrec.platform.daily.config import (
     DailyJobConfig,
-    DailyTrainJobConfig,
     PredictConfig,
     WindowConfig,
 )
@@ -29,11 +31,27 @@ from rayrec.platform.daily.data import (
     day_ms,
     load_catalog,
     load_windows,
+    synthetic_windows,
 )
 from rayrec.platform.daily.evaluate import item_knn_scores, plot_decay, pop_scores
 from rayrec.platform.daily.predict import TopKScorer, batch_predict, model_version_of, user_rows
-from rayrec.platform.daily.trainer import ShardedDailyNN, fit_daily, load_daily_model, local_batch
 from rayrec.platform.store import SQLiteRecommendationStore
+from rayrec.platform.training.config import TrainJobConfig
+from rayrec.platform.training.families import TrainingInputError
+from rayrec.platform.training.trainer import check_inputs, fit
+
+#: every in-process daily training config of this file: the daily model, no Ray
+DAILY = ["model.name=daily_nn", "ray.use_ray=false"]
+
+
+def _train_cfg(*overrides: str) -> TrainJobConfig:
+    return load_config(TrainJobConfig, None, [*DAILY, *overrides])
+
+
+def _at(history: list[dict], epoch: int) -> dict:
+    """The metrics of one epoch of a run's history."""
+    (m,) = [h for h in history if h["epoch"] == epoch]
+    return m
 
 T0 = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -66,11 +84,12 @@ def _job_cfg(udata: Path, tmp: Path, **over) -> DailyJobConfig:
         "window": {"input_days": 730, "output_days": 20, "test_days": 20, "valid_shift_days": 10},
         "work_dir": str(tmp / "work"),
         "train": {
-            "model": {"variant": "soft_split", "decay": "learned", "hidden_sizes": [16, 8], "dropout": 0.0},
+            "model": {"name": "daily_nn", "variant": "soft_split", "decay": "learned", "hidden_sizes": [16, 8], "dropout": 0.0},
             "optim": {"lr": 0.01},
             "train": {"epochs": 2, "batch_size": 16},
+            "ray": {"use_ray": False},
         },
-        "predict": {"k": 5, "use_ray": False},
+        "predict": {"k": 5}, "ray": {"use_ray": False},
         "store": {"path": str(tmp / "recs.sqlite"), "keep_versions": 3},
     }
     data.update(over)
@@ -130,49 +149,63 @@ def test_window_config_rejects_wrong_order():
 
 
 # ---------------------------------------------------------------------------------------
-# the sharded model equals DailyNN
+# the registry's builder loads what fit trained
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant,decay", [("predictor", "parametric"), ("soft_split", "learned"), ("ew", "none")])
-def test_sharded_model_world1_matches_daily_nn(variant, decay):
-    cfg = DailyNNConfig(variant=variant, decay=decay, hidden_sizes=(6, 5), dropout=0.0, l2=1e-3,
-                        sparsity_weight=0.1, ti=40.0 if decay == "parametric" else None)
-    P = 13
-    ours = ShardedDailyNN(P, cfg, seed=3)
-    ref = DailyNN(P, cfg)
+@pytest.mark.parametrize("variant,decay", [("soft_split", "learned"), ("predictor", "parametric")])
+def test_registry_build_loads_fit_checkpoint_with_the_trained_scores(tmp_path, monkeypatch, variant, decay):
+    from rayrec.models import registry
+    from rayrec.models.daily_nn import DailyNNTask
+    from rayrec.platform.checkpoint import load_checkpoint
+
+    trained: list[DailyNN] = []
+    real = DailyNNTask.build
+
+    def keep(self, env, generator):  # the model the loop trains, kept for comparison
+        trained.append(real(self, env, generator))
+        return trained[-1]
+
+    monkeypatch.setattr(DailyNNTask, "build", keep)
+    model_cfg = {"name": "daily_nn", "variant": variant, "decay": decay, "hidden_sizes": [8, 6], "dropout": 0.1,
+                 "input_noise": 0.1, "l2": 1e-4}
+    if decay == "parametric":
+        model_cfg["ti"] = 40.0
+    cfg = TrainJobConfig.model_validate({
+        "model": model_cfg,
+        "data": {"synthetic": {"n_users": 40, "n_items": 30, "items_per_user": 4, "targets_per_user": 2},
+                 "valid_split": None},
+        "train": {"epochs": 2, "batch_size": 8, "seed": 3},
+        "optim": {"lr": 0.02},
+        "ray": {"use_ray": False},
+        "run": {"storage_path": str(tmp_path), "name": "reg"},
+    })
+    res = fit(cfg, log=lambda _m: None)
+    (model,) = trained
+    model.eval()
+    ck = load_checkpoint(res.checkpoint_dir)
+    spec = registry.get(ck.config["model"]["name"])
+    mcfg = spec.config_cls.model_validate(ck.config["model"])
+    built = spec.build(mcfg, len(ck.item_ids))
+    assert set(ck.model_state) == set(built.state_dict())  # the unsharded layout, key for key
+    windows = synthetic_windows(cfg.data.synthetic)
+    inputs, _ = windows.batch(np.arange(windows.n_users))
     with torch.no_grad():
-        ref.input_layer.weight.copy_(ours.input_shard)
-        ref.input_bias.copy_(ours.input_bias)
-        ref.hidden_layer.load_state_dict(ours.hidden_layer.state_dict())
-        ref.output_layer.weight.copy_(ours.output.weight.T)
-        ref.output_layer.bias.copy_(ours.output.bias)
-        if decay == "learned":
-            ours.conv_weight.copy_(torch.linspace(1.5, 0.2, 32))
-            ref.conv_weight.copy_(ours.conv_weight)
-    inputs = SparseBatch.from_lists([[0, 3, 12], [], [5]], [[1.0, 30.0, 400.0], [], [0.0]])
-    targets = SparseBatch.from_lists([[4], [7, 8], [5]])
-    h1, h2 = ours(inputs), ref(inputs)
-    torch.testing.assert_close(h1, h2)
-    l1, l2 = ours.loss(h1, inputs, targets), ref.loss(h2, targets, inputs)
-    torch.testing.assert_close(l1, l2)
-    l1.backward()
-    l2.backward()
-    torch.testing.assert_close(ours.output.weight.grad, ref.output_layer.weight.grad.T)
-    torch.testing.assert_close(ours.input_shard.grad, ref.input_layer.weight.grad)
-
-
-def test_block_init_is_independent_of_sharding():
-    cfg = DailyNNConfig(hidden_sizes=(4, 3))
-    full = ShardedDailyNN(10_000, cfg, 0, 1, seed=1)
-    # a rank's shard holds exactly its rows / columns of the 1-rank initial weights
-    import rayrec.platform.daily.trainer as tr
-
-    s, e = tr.shard_range(10_000, 1, 2)
-    w_in = tr._block_uniform(s, e, 4, 0.5, 1)
-    assert torch.equal(w_in, full.input_shard[s:e])
-    b = local_batch(SparseBatch.from_lists([[1, 6000, 9999], [5001]], [[1, 2, 3], [4]]), s, e)
-    assert b.item_idx.tolist() == [6000 - s, 9999 - s, 5001 - s] and b.offsets.tolist() == [0, 2, 3]
+        want = model.score(model(inputs))  # (U, P), the trained model's
+        assert not torch.allclose(built.eval().score(built(inputs)), want)  # before loading
+        built.load_state_dict(ck.model_state, strict=True)
+        torch.testing.assert_close(built.score(built(inputs)), want, rtol=0, atol=0)
+        # load_model(kind="daily") is that builder + strict load
+        lm = load_model(res.checkpoint_dir, kind="daily")
+        loaded, items, meta = lm.model, lm.item_ids, lm.checkpoint.meta
+        assert isinstance(loaded, DailyNN) and not loaded.training and meta["epoch"] == 2
+        assert items == ck.item_ids
+        torch.testing.assert_close(loaded.score(loaded(inputs)), want, rtol=0, atol=0)
+    # another layout (e.g. the old sharded keys) is refused, not half-loaded
+    old = dict(ck.model_state)
+    old["input_shard"] = old.pop("input_layer.weight")
+    with pytest.raises(RuntimeError, match="input_shard"):
+        built.load_state_dict(old, strict=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,25 +221,32 @@ def day_data(udata, tmp_path_factory):
     return tmp / "data"
 
 
-def test_fit_daily_in_process_checkpoints_every_epoch_and_resumes(day_data, tmp_path):
-    cfg = load_config(DailyTrainJobConfig, None, [
+def test_fit_in_process_checkpoints_every_epoch_and_resumes(day_data, tmp_path):
+    cfg = _train_cfg(
         f"data.path={day_data}", "train.epochs=3", "train.batch_size=8", "optim.lr=0.01",
         "model.hidden_sizes=[16,8]", "model.decay=learned", f"run.storage_path={tmp_path}", "run.keep_checkpoints=5",
-    ])
-    res = fit_daily(cfg, log=lambda _m: None)
+    )
+    res = fit(cfg, log=lambda _m: None)
     cks = sorted(p.name for p in (tmp_path / "daily_nn").glob("checkpoint_*"))
     assert cks == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000003"]
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
-    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
-    assert "valid_precision@10" in res.metrics and 0 <= res.metrics["valid_pcc@10"] <= 1
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert "precision@10" in res.metrics and 0 <= res.metrics["pcc@10"] <= 1
     assert len(res.metrics["learned_decay"]) == 32
     meta = json.loads(Path(res.checkpoint_dir, "meta.json").read_text())
     assert meta["epoch"] == 3
-    model, items, _ = load_daily_model(res.checkpoint_dir)
-    assert model.num_items == len(items)
-    # re-running the same run resumes at the end: no epoch is trained again
-    again = fit_daily(cfg, log=lambda _m: None)
-    assert again.history == [] and again.checkpoint_dir == res.checkpoint_dir
+    lm = load_model(res.checkpoint_dir, kind="daily")
+    model, items = lm.model, lm.item_ids
+    assert isinstance(model, DailyNN) and model.num_items == len(items) and not model.is_sharded
+    # re-running the same run resumes at the end: no epoch is trained again (no checkpoint
+    # written, the last one untouched; any history is the restored run's, not retrained)
+    weights = Path(res.checkpoint_dir, "model.pt")
+    before = (weights.read_bytes(), weights.stat().st_mtime_ns)
+    again = fit(cfg, log=lambda _m: None)
+    assert again.checkpoint_dir == res.checkpoint_dir and again.metrics["epoch"] == 3
+    assert sorted(p.name for p in (tmp_path / "daily_nn").glob("checkpoint_*")) == cks
+    assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
+    assert all(h["loss"] == _at(res.history, h["epoch"])["loss"] for h in again.history)
 
 
 def test_resume_restores_adam_state_exactly_and_takes_a_new_lr(day_data, tmp_path):
@@ -218,36 +258,66 @@ def test_resume_restores_adam_state_exactly_and_takes_a_new_lr(day_data, tmp_pat
 
     common = [f"data.path={day_data}", "train.batch_size=8", "optim.lr=0.01", "model.hidden_sizes=[16,8]",
               "model.decay=learned", "run.keep_checkpoints=5", "model.dropout=0.0"]
-    full = fit_daily(load_config(DailyTrainJobConfig, None, [*common, "train.epochs=2",
-                                                             f"run.storage_path={tmp_path / 'a'}"]),
-                     log=lambda _m: None)
+    full = fit(_train_cfg(*common, "train.epochs=2", f"run.storage_path={tmp_path / 'a'}"),
+               log=lambda _m: None)
     ck1 = tmp_path / "a" / "daily_nn" / "checkpoint_000001"
     optim = load_checkpoint(ck1).optim_state
     assert optim is not None and optim["state"], "the checkpoint must hold Adam's moments"
     # a second run that starts from the epoch-1 checkpoint only
     (tmp_path / "b" / "daily_nn").mkdir(parents=True)
     shutil.copytree(ck1, tmp_path / "b" / "daily_nn" / "checkpoint_000001")
-    resumed = fit_daily(load_config(DailyTrainJobConfig, None, [*common, "train.epochs=2",
-                                                                f"run.storage_path={tmp_path / 'b'}"]),
-                        log=lambda _m: None)
-    assert [h["epoch"] for h in resumed.history] == [2]
-    assert resumed.history[0]["train_loss"] == pytest.approx(full.history[1]["train_loss"], rel=1e-6)
+    resumed = fit(_train_cfg(*common, "train.epochs=2", f"run.storage_path={tmp_path / 'b'}"),
+                  log=lambda _m: None)
+    assert resumed.history[-1]["epoch"] == 2 and resumed.metrics["epoch"] == 2
+    assert _at(resumed.history, 2)["loss"] == pytest.approx(_at(full.history, 2)["loss"], rel=1e-6)
     # under another lr the continuation differs (the new lr is used, not the saved one)
     (tmp_path / "c" / "daily_nn").mkdir(parents=True)
     shutil.copytree(ck1, tmp_path / "c" / "daily_nn" / "checkpoint_000001")
-    other = fit_daily(load_config(DailyTrainJobConfig, None, [*common[:2], "optim.lr=0.05", *common[3:],
-                                                              "train.epochs=2", f"run.storage_path={tmp_path / 'c'}"]),
-                      log=lambda _m: None)
-    assert other.history[0]["train_loss"] != pytest.approx(full.history[1]["train_loss"], rel=1e-6)
+    other = fit(_train_cfg(*common[:2], "optim.lr=0.05", *common[3:], "train.epochs=2",
+                           f"run.storage_path={tmp_path / 'c'}"),
+                log=lambda _m: None)
+    assert _at(other.history, 2)["loss"] != pytest.approx(_at(full.history, 2)["loss"], rel=1e-6)
     lr = load_checkpoint(other.checkpoint_dir).optim_state["param_groups"][0]["lr"]
     assert lr == 0.05
 
 
 def test_fit_daily_catalog_too_large(day_data, tmp_path):
-    cfg = load_config(DailyTrainJobConfig, None, [f"data.path={day_data}", "data.catalog_size=100000",
-                                                  f"run.storage_path={tmp_path}"])
+    cfg = _train_cfg(f"data.path={day_data}", "data.catalog_size=100000", f"run.storage_path={tmp_path}")
     with pytest.raises(DailyDataError, match="catalog_size=100000 exceeds"):
-        fit_daily(cfg)
+        fit(cfg)
+
+
+def test_use_gpu_on_a_cpu_machine_is_refused_before_training(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    cfg = _train_cfg("data.synthetic={n_users: 20, n_items: 50, items_per_user: 3}", "data.valid_split=null",
+                     "scaling.use_gpu=true", f"run.storage_path={tmp_path}")
+    with pytest.raises(TrainingInputError, match=r"scaling\.use_gpu"):
+        check_inputs(cfg)
+    assert not (tmp_path / "daily_nn").exists()  # refused before any run directory
+
+
+def test_placement_and_custom_resources_validate_for_a_daily_config():
+    cfg = load_config(TrainJobConfig, None, [
+        "model.name=daily_nn", "scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD",
+        "scaling.resources_per_worker={trainer: 1}", "scaling.cpus_per_worker=0.5"])
+    assert cfg.scaling.placement_strategy == "STRICT_SPREAD"
+    assert cfg.scaling.resources_per_worker == {"trainer": 1.0}
+    assert cfg.scaling.engine == "tensor_parallel" and cfg.model.name == "daily_nn"  # the daily default
+    with pytest.raises(ConfigError, match="placement_strategy"):
+        load_config(TrainJobConfig, None, ["model.name=daily_nn", "scaling.placement_strategy=EVERYWHERE"])
+    with pytest.raises(ConfigError, match="resources_per_worker"):
+        load_config(TrainJobConfig, None, ["model.name=daily_nn", "scaling.resources_per_worker={CPU: 2}"])
+
+
+def test_old_daily_keys_name_their_new_key():
+    for old, new in [("data.valid_prefix=null", "data.valid_split"), ("data.train_prefix=x", "data.train_split"),
+                     ("train.ks=[1]", "eval.ks"), ("train.eval_batch_size=8", "eval.batch_size"),
+                     ("optim.decay_lr_multiplier=30", "optim.lr_multipliers.decay"),
+                     ("scaling.num_workers=0", "ray.use_ray=false"),
+                     ("scaling.engine=torch", "scaling.engine=tensor_parallel")]:
+        with pytest.raises(ConfigError, match=re.escape(new)):
+            load_config(TrainJobConfig, None, ["model.name=daily_nn", old])
 
 
 def test_baselines_and_decay_plot(day_data, tmp_path):
@@ -265,9 +335,9 @@ def test_baselines_and_decay_plot(day_data, tmp_path):
 
 
 def test_topk_scorer_excludes_consumed_and_handles_empty_history(day_data, tmp_path):
-    cfg = load_config(DailyTrainJobConfig, None, [f"data.path={day_data}", "train.epochs=1",
-                                                  "model.hidden_sizes=[8,4]", f"run.storage_path={tmp_path}"])
-    ck = fit_daily(cfg, log=lambda _m: None).checkpoint_dir
+    cfg = _train_cfg(f"data.path={day_data}", "train.epochs=1", "model.hidden_sizes=[8,4]",
+                     f"run.storage_path={tmp_path}")
+    ck = fit(cfg, log=lambda _m: None).checkpoint_dir
     scorer = TopKScorer(ck, k=5, torch_threads=None)
     batch = pd.DataFrame({"user_id": ["a", "b"], "items": [np.array([0, 1, 2]), np.array([], dtype=np.int64)],
                           "days": [np.array([1.0, 2.0, 3.0], dtype=np.float32), np.array([], dtype=np.float32)]})
@@ -278,7 +348,7 @@ def test_topk_scorer_excludes_consumed_and_handles_empty_history(day_data, tmp_p
     assert list(out["rec_scores"][0]) == sorted(out["rec_scores"][0], reverse=True)
     cat = load_catalog(str(day_data), None)
     w = load_windows(str(day_data), "test", cat)
-    rows = batch_predict(ck, w, PredictConfig(k=3, use_ray=False, batch_size=7))
+    rows = batch_predict(ck, w, PredictConfig(k=3, batch_size=7), use_ray=False)
     assert len(rows) == len(user_rows(w)) and all(len(r[1]) == 3 for r in rows)
 
 
@@ -343,8 +413,11 @@ def test_shipped_daily_configs_load():
     for name in ("daily_ml100k.yaml", "daily_ml100k_predictor.yaml"):
         cfg = load_config(DailyJobConfig, root / name, [])
         assert cfg.source.format == "movielens" and cfg.filter.value_above == 3
-    cfg = load_config(DailyTrainJobConfig, root / "daily_synthetic_1m.yaml", [])
+    cfg = load_config(TrainJobConfig, root / "daily_synthetic_1m.yaml", [])
     assert cfg.data.synthetic.n_items == 1_000_000 and cfg.scaling.num_workers == 2
+    assert cfg.model.name == "daily_nn" and cfg.ray.use_ray and cfg.scaling.engine == "tensor_parallel"
+    cfg = load_config(TrainJobConfig, root / "daily_ml100k_train.yaml", [])
+    assert cfg.model.name == "daily_nn" and cfg.data.valid_split == "valid_test"
     with pytest.raises(ConfigError):
         load_config(DailyJobConfig, root / "daily_ml100k.yaml", ["train.scaling.zero_stage=1"])
 
@@ -362,15 +435,14 @@ def test_day_ms():
 
 def test_batch_predict_job_publishes_and_is_idempotent(day_data, tmp_path):
     from rayrec.jobs import batch_predict as bp_job
-
     from rayrec.platform.daily.config import BatchPredictJobConfig
 
-    cfg = load_config(DailyTrainJobConfig, None, [f"data.path={day_data}", "train.epochs=1",
-                                                  "model.hidden_sizes=[8,4]", f"run.storage_path={tmp_path}"])
-    ck = fit_daily(cfg, log=lambda _m: None).checkpoint_dir
+    cfg = _train_cfg(f"data.path={day_data}", "train.epochs=1", "model.hidden_sizes=[8,4]",
+                     f"run.storage_path={tmp_path}")
+    ck = fit(cfg, log=lambda _m: None).checkpoint_dir
     job = BatchPredictJobConfig.model_validate({
         "checkpoint": ck, "data_path": str(day_data), "as_of": "2020-04-20",
-        "predict": {"k": 4, "use_ray": False}, "store": {"path": str(tmp_path / "s.sqlite")},
+        "predict": {"k": 4}, "ray": {"use_ray": False}, "store": {"path": str(tmp_path / "s.sqlite")},
     })
     r1 = bp_job.run_batch_predict(job, log=lambda _m: None)
     r2 = bp_job.run_batch_predict(job, log=lambda _m: None)
@@ -381,24 +453,24 @@ def test_batch_predict_job_publishes_and_is_idempotent(day_data, tmp_path):
         assert v.as_of == "2020-04-20" and v.model_version == r1["model_version"] and v.n_rows == n_users
     # a prediction date before the purchases is rejected (inputs after the window end)
     assert bp_job.main([f"checkpoint={ck}", f"data_path={day_data}", "as_of=2020-01-01",
-                        "predict.use_ray=false", f"store.path={tmp_path / 's2.sqlite'}"]) == 1
+                        "ray.use_ray=false", f"store.path={tmp_path / 's2.sqlite'}"]) == 1
     assert not (tmp_path / "s2.sqlite").exists()
 
 
-def test_train_daily_cli_in_process(tmp_path, capsys):
-    from rayrec.jobs import train_daily
+def test_train_cli_daily_in_process(tmp_path, capsys):
+    from rayrec.jobs import train
 
-    rc = train_daily.main([
-        "data.synthetic={n_users: 20, n_items: 50, items_per_user: 3}", "data.valid_prefix=null",
-        "train.epochs=1", "model.hidden_sizes=[4,4]", "scaling.num_workers=0", f"run.storage_path={tmp_path}",
+    rc = train.main([
+        *DAILY, "data.synthetic={n_users: 20, n_items: 50, items_per_user: 3}", "data.valid_split=null",
+        "train.epochs=1", "model.hidden_sizes=[4,4]", f"run.storage_path={tmp_path}",
     ])
     out = capsys.readouterr().out
     assert rc == 0 and "final metrics" in out and "checkpoint_000001" in out
     # the same run with another model: a clear error instead of a state_dict mismatch
-    assert train_daily.main([
-        "data.synthetic={n_users: 20, n_items: 50, items_per_user: 3}", "data.valid_prefix=null",
-        "train.epochs=2", "model.hidden_sizes=[8,4]", "scaling.num_workers=0", f"run.storage_path={tmp_path}",
+    assert train.main([
+        *DAILY, "data.synthetic={n_users: 20, n_items: 50, items_per_user: 3}", "data.valid_split=null",
+        "train.epochs=2", "model.hidden_sizes=[8,4]", f"run.storage_path={tmp_path}",
     ]) == 1
-    assert "holds another model config or catalog" in capsys.readouterr().err
+    assert "holds another model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_daily.main(["data.synthetic={n_users: 5, n_items: 3}", "data.catalog_size=2"])
+        train.main([*DAILY, "data.synthetic={n_users: 5, n_items: 3}", "data.catalog_size=2"])

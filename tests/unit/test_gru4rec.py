@@ -1,22 +1,33 @@
-"""GRU4Rec model, optimiser and training step (fast; tiny generated fixtures)."""
+"""GRU4Rec model, optimiser and its training through the production loop (fast; tiny
+generated fixtures).  Training runs ``rayrec.platform.training.loop.run_local`` (the one loop of
+every model, in this process) and evaluation loads the loop's checkpoint with
+``rayrec.platform.checkpoint.load_model``."""
 
 from __future__ import annotations
 
 import copy
 import math
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig, GRU4RecScorer, build
-from rayrec.models.losses import LossConfig
 
-from rayrec.platform.checkpoint import load_checkpoint, save_checkpoint
+from rayrec.models.contract import ServableScorer
+from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig, GRU4RecScorer, GRU4RecTask, build
+from rayrec.models.losses import LossConfig
+from rayrec.models.session_parallel import SessionArrays, item_counts, n_training_pairs
+from rayrec.platform.checkpoint import load_checkpoint, load_model, save_checkpoint
+from rayrec.platform.evaluation.protocols import evaluate_next_item
+from rayrec.platform.training.config import TrainJobConfig
+from rayrec.platform.training.families import TrainData
+from rayrec.platform.training.loop import run_local
 from rayrec.platform.training.optim import AdagradMomentum, OptimConfig, build_optimizer
-from rayrec.platform.training.session_parallel import SessionArrays
-from rayrec.platform.training.steps import evaluate, make_sampler, train_epoch
 
 N = 30
+ITEM_IDS = [str(i) for i in range(N)]
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +42,13 @@ def _one_thread():
 # ---------------------------------------------------------------- config
 def test_config_defaults_and_validation() -> None:
     cfg = GRU4RecConfig()
+    assert cfg.name == "gru4rec"
     assert cfg.layers == (100,) and cfg.constrained_embedding and cfg.embedding == 0
     assert cfg.dropout_p_hidden == 0.4 and cfg.final_act == "linear"
+    assert cfg.loss == LossConfig()  # the training objective is part of the model's config
+    assert GRU4RecConfig(loss={"name": "bpr-max", "n_sample": 16}).loss.n_sample == 16
+    with pytest.raises(ValueError, match="extra"):
+        GRU4RecConfig(loss={"n_sampel": 16})
     with pytest.raises(ValueError, match="layers"):
         GRU4RecConfig(layers=(100, -1))
     with pytest.raises(ValueError, match="layers"):
@@ -202,49 +218,109 @@ def _fixture(n_sessions: int = 300, seed: int = 0) -> SessionArrays:
     return SessionArrays(offsets, items)
 
 
-@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "top1-max", "top1", "bpr"])
-def test_golden_smoke_loss_falls_and_checkpoint_roundtrip(loss: str, tmp_path) -> None:  # noqa: ANN001
-    torch.manual_seed(0)
-    arrays = _fixture()
-    mcfg = GRU4RecConfig(layers=(16,), dropout_p_hidden=0.0)
-    lcfg = LossConfig(name=loss, n_sample=8, sample_alpha=0.5, bpreg=0.5, sample_store_size=4000)
-    gen = torch.Generator().manual_seed(0)
-    model = build(mcfg, N)
-    opt = build_optimizer(model.parameters(), OptimConfig(lr=0.1, momentum=0.2))
-    sampler = make_sampler(arrays, N, lcfg, gen)
-    first = train_epoch(model, opt, arrays, lcfg, sampler, 16, gen)
-    for _ in range(4):
-        last = train_epoch(model, opt, arrays, lcfg, sampler, 16, gen)
-    assert first["events"] == sum(np.diff(arrays.offsets) - 1)
-    assert last["loss"] < 0.9 * first["loss"], (first, last)
-    res = evaluate(model, arrays, (1, 5), batch_size=32)
-    assert res["recall@5"] > 0.5  # a deterministic successor is easy to learn
+def _job(tmp_path: Path, loss: str, n_sample: int, epochs: int, **train) -> TrainJobConfig:
+    return TrainJobConfig.model_validate({
+        "model": {"name": "gru4rec", "layers": [16], "dropout_p_hidden": 0.0,
+                  "loss": {"name": loss, "n_sample": n_sample, "sample_alpha": 0.5, "bpreg": 0.5,
+                           "sample_store_size": 4000}},
+        "optim": {"lr": 0.1, "momentum": 0.2},
+        "train": {"epochs": epochs, "batch_size": 16, "seed": 0, **train},
+        "eval": {"ks": [1, 5], "batch_size": 32, "every": epochs},
+        "run": {"storage_path": str(tmp_path / "runs")},
+        "ray": {"use_ray": False},
+    })
 
-    save_checkpoint(
-        tmp_path / "ck",
-        model.state_dict(),
-        {"model": mcfg.model_dump(mode="json"), "loss": lcfg.model_dump(mode="json")},
-        [str(i) for i in range(N)],
-        opt.state_dict(),
-        {"epoch": 5},
-    )
-    ck = load_checkpoint(tmp_path / "ck")
-    model2 = build(GRU4RecConfig.model_validate(ck.config["model"]), len(ck.item_ids))
-    model2.load_state_dict(ck.model_state)
-    opt2 = build_optimizer(model2.parameters(), OptimConfig(lr=0.1, momentum=0.2))
-    opt2.load_state_dict(ck.optim_state)
-    sc1, sc2 = GRU4RecScorer(model), GRU4RecScorer(model2)
-    items = torch.tensor([0, 3, 7])
-    reset = torch.ones(3, dtype=torch.bool)
-    a, _ = sc1.step(sc1.init_state(3), items, reset)
-    b, _ = sc2.step(sc2.init_state(3), items, reset)
-    assert torch.equal(a, b)
-    # the optimiser resumes identically too
-    for mdl, o in ((model, opt), (model2, opt2)):
-        torch.manual_seed(5)
-        train_epoch(mdl, o, arrays, lcfg, None, 16, max_steps=3)
-    for (k, v), v2 in zip(model.state_dict().items(), model2.state_dict().values()):
-        assert torch.equal(v, v2), k
+
+def _train(job: TrainJobConfig, arrays: SessionArrays, keep: Path, restore_dir: str | None = None,
+           log=lambda _m: None):
+    """The production loop in this process (validation on ``arrays``); every epoch's checkpoint
+    is copied to ``keep/epoch_<k>`` (the loop removes its own after the report)."""
+    saved: dict[int, Path] = {}
+
+    def report(metrics, ck_dir):
+        if ck_dir is not None:
+            saved[metrics["epoch"]] = Path(shutil.copytree(ck_dir, keep / f"epoch_{metrics['epoch']}"))
+
+    data = TrainData(arrays, arrays, ITEM_IDS, item_counts(arrays, N))
+    return run_local(job, data, restore_dir=restore_dir, report=report, log=log), saved
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "top1-max", "top1", "bpr"])
+def test_golden_smoke_loss_falls_and_checkpoint_roundtrip(loss: str, tmp_path) -> None:
+    arrays = _fixture()
+    job = _job(tmp_path, loss, n_sample=8, epochs=5)
+    lines: list[str] = []
+    out, cks = _train(job, arrays, tmp_path / "cks", log=lines.append)
+    hist = out["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5] and sorted(cks) == [1, 2, 3, 4, 5]
+    # every (input, next item) pair is trained on exactly once per epoch
+    assert all(h["examples"] == n_training_pairs(arrays) == sum(np.diff(arrays.offsets) - 1) for h in hist)
+    first, last = hist[0], hist[-1]
+    assert last["loss"] < 0.9 * first["loss"], (first, last)
+    assert last["world_size"] == 1 and last["examples_per_s"] > 0 and last["epoch_s"] > 0
+    assert re.match(r"epoch 1/5 loss \d+\.\d{4} [\d,]+ examples/s \(\d+\.\ds\)$", lines[0]), lines
+    assert re.match(r"epoch 5/5 loss .*  valid recall@5 \d\.\d{4} mrr@5 \d\.\d{4}", lines[-1]), lines
+
+    # the loop's checkpoint: the registered model rebuilt by load_model (weights_only)
+    loaded = load_model(cks[5], expected_item_ids=ITEM_IDS, kind="session")
+    assert isinstance(loaded.model, GRU4Rec) and loaded.config == job.model
+    assert TrainJobConfig.model_validate(loaded.checkpoint.config).model == job.model
+    assert loaded.checkpoint.meta["epoch"] == 5 and loaded.checkpoint.meta["model"] == "gru4rec"
+    assert set(loaded.checkpoint.optim_state["state"])  # Adagrad-momentum accumulators kept
+    res = evaluate_next_item(loaded.scorer(), arrays.offsets, arrays.items, (1, 5), batch_size=32)
+    assert res["recall@5"] > 0.5  # a deterministic successor is easy to learn
+    # the checkpoint holds exactly what the loop validated at epoch 5
+    assert last["protocol"] == res["protocol"] == "next_item" and last["n"] == res["n"]
+    for key in ("recall@1", "recall@5", "mrr@5"):
+        assert last[key] == pytest.approx(res[key], abs=1e-12), key
+    # an untrained model of the same config does far worse: the weights were learned
+    fresh = evaluate_next_item(GRU4RecScorer(build(job.model, N)), arrays.offsets, arrays.items, (5,), 32)
+    assert fresh["recall@5"] < res["recall@5"] - 0.2
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "top1"])
+def test_resume_from_checkpoint_equals_uninterrupted_run(loss: str, tmp_path) -> None:
+    """Resuming from epoch 2's checkpoint (weights, optimiser state, epoch) ends bit-identical
+    to the uninterrupted 4-epoch run.  Mini-batch negatives only (``n_sample=0``, as the old
+    test resumed without a sampler), no dropout, no shuffle: the loop then draws nothing at
+    random (a resumed run re-seeds its sampler, so with extra samples the two runs would
+    differ by the samples drawn after the restore, not by the restored state)."""
+    arrays = _fixture()
+    job = _job(tmp_path, loss, n_sample=0, epochs=4)
+    full, cks = _train(job, arrays, tmp_path / "full")
+    resumed, cks_r = _train(job, arrays, tmp_path / "resumed", restore_dir=str(cks[2]))
+    assert sorted(cks_r) == [3, 4]  # only epochs 3 and 4 were trained (and reported) again
+    # the resumed run's history: epochs 1-2 from the checkpoint, then its own 3-4
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    a, b = load_checkpoint(cks[4]), load_checkpoint(cks_r[4])
+    assert a.model_state.keys() == b.model_state.keys()
+    for k, v in a.model_state.items():
+        assert torch.equal(v, b.model_state[k]), k
+    assert resumed["loss"] == full["loss"] and resumed["recall@5"] == full["recall@5"]
+    # the optimiser state is what makes it exact: the same weights with fresh Adagrad
+    # accumulators (no optimiser state in the checkpoint) train elsewhere
+    ck2 = load_checkpoint(cks[2])
+    save_checkpoint(tmp_path / "no_optim", ck2.model_state, ck2.config, ck2.item_ids, None, ck2.meta)
+    _, cks_f = _train(job, arrays, tmp_path / "fresh_optim", restore_dir=str(tmp_path / "no_optim"))
+    c = load_checkpoint(cks_f[4])
+    assert any(not torch.equal(v, c.model_state[k]) for k, v in a.model_state.items())
+
+
+def test_sampled_training_is_reproducible_and_seeded(tmp_path) -> None:
+    """Same train.seed: identical weights (init, extra samples, dropout all seeded by the loop);
+    another seed: other weights."""
+    arrays = _fixture()
+
+    def weights(seed: int, tag: str) -> dict[str, torch.Tensor]:
+        job = _job(tmp_path, "bpr-max", n_sample=8, epochs=1, seed=seed, max_steps_per_epoch=10)
+        job = job.model_copy(update={"model": job.model.model_copy(update={"dropout_p_hidden": 0.3})})
+        _, cks = _train(job, arrays, tmp_path / tag)
+        return load_checkpoint(cks[1]).model_state
+
+    w0, w0b, w1 = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    assert all(torch.equal(v, w0b[k]) for k, v in w0.items())
+    assert not all(torch.equal(v, w1[k]) for k, v in w0.items())
 
 
 def test_registry_entry() -> None:
@@ -252,4 +328,8 @@ def test_registry_entry() -> None:
 
     entry = registry.get("gru4rec")
     assert entry.config_cls is GRU4RecConfig and entry.kind == "session"
-    assert isinstance(entry.build(GRU4RecConfig(layers=(4,)), 7), GRU4Rec)
+    assert entry.trainable and entry.task is GRU4RecTask and entry.parallelism == "data"
+    assert entry.metrics == "next_item"
+    model = entry.build(GRU4RecConfig(layers=(4,)), 7)
+    assert isinstance(model, GRU4Rec)
+    assert isinstance(entry.scorer(model), ServableScorer)  # evaluation and Serve use it

@@ -11,26 +11,26 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before any rayrec triton_impl / triton.jit import
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from rayrec.models.daily_nn import DailyNN, DailyNNConfig, SparseBatch, time_decay  # noqa: E402
-from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig  # noqa: E402
-from rayrec.ops_kernels import decayed_embedding_bag, gru_step  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
 
-from tests.unit._triton_interp import backends, triton_skip_reason  # noqa: E402
+from rayrec.models.daily_nn import DailyNN, DailyNNConfig, SparseBatch, time_decay
+from rayrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from rayrec.ops_kernels import decayed_embedding_bag, gru_step
+from tests.unit._triton_interp import backends, triton_skip_reason
 
 _SKIP = triton_skip_reason("gru_step", "_gates_kernel")
 BACKENDS = backends(_SKIP)
 
 
-def _close(a, b, tol):  # noqa: ANN001, ANN202
+def _close(a, b, tol):
     a, b = a.detach().float(), b.detach().float()
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
     torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale)
 
 
-def _gru_oracle(gx, h_prev, w_rz, w_h, reset):  # noqa: ANN001, ANN202
+def _gru_oracle(gx, h_prev, w_rz, w_h, reset):
     """The layer math of GRU4Rec.forward, with GRU4RecScorer.step's reset."""
     hs = h_prev.shape[1]
     h = h_prev * (~reset).float().unsqueeze(1)
@@ -87,7 +87,7 @@ def test_gru_step_errors():
                  torch.zeros(3, dtype=torch.bool))
 
 
-def _bag_case(rows, p, hs, seed=0):  # noqa: ANN001, ANN202
+def _bag_case(rows, p, hs, seed=0):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor(rows, dtype=torch.long)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])

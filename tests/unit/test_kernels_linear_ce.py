@@ -12,25 +12,25 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before any rayrec triton_impl / triton.jit import
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from rayrec.models.losses import cross_entropy, negative_mask  # noqa: E402
-from rayrec.ops_kernels import linear_cross_entropy, sampled_linear_cross_entropy  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
 
-from tests.unit._triton_interp import triton_mark, triton_skip_reason  # noqa: E402
+from rayrec.models.losses import cross_entropy, negative_mask
+from rayrec.ops_kernels import linear_cross_entropy, sampled_linear_cross_entropy
+from tests.unit._triton_interp import triton_mark, triton_skip_reason
 
 _SKIP = triton_skip_reason("linear_ce", "_lse_kernel")
 needs_triton = triton_mark(_SKIP)
 
 
-def _close(a, b, rtol, atol):  # noqa: ANN001, ANN202
+def _close(a, b, rtol, atol):
     a, b = a.detach().float(), b.detach().float()
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
     torch.testing.assert_close(a, b, rtol=rtol, atol=atol * scale)
 
 
-def _inputs(b, n, d, dtype, seed=0):  # noqa: ANN001, ANN202
+def _inputs(b, n, d, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(b, d, generator=g).to(dtype)
     w = (torch.randn(n, d, generator=g) * 0.5).to(dtype)
@@ -40,14 +40,14 @@ def _inputs(b, n, d, dtype, seed=0):  # noqa: ANN001, ANN202
     return h, w, bias, t, lq
 
 
-def _grads(fn, *tensors):  # noqa: ANN001, ANN202
+def _grads(fn, *tensors):
     ts = [x.detach().clone().requires_grad_() for x in tensors]
     loss = fn(*ts)
     loss.backward()
     return loss.detach(), [x.grad for x in ts]
 
 
-def _naive_full(h, w, b, t, lq, logq):  # noqa: ANN001, ANN202
+def _naive_full(h, w, b, t, lq, logq):
     z = h.float() @ w.float().t() + b.float()
     if lq is not None:
         z = z - logq * lq
@@ -114,14 +114,14 @@ def test_bad_inputs_name_the_field():
         sampled_linear_cross_entropy(h, w, torch.tensor([1, 2]))
 
 
-def _naive_sampled(h, w, bias, cols, lqc, mask_hits, msh):  # noqa: ANN001, ANN202
+def _naive_sampled(h, w, bias, cols, lqc, mask_hits, msh):
     s = h.float() @ w.float()[cols].t() + bias.float()[cols]
     b = h.shape[0]
     valid = negative_mask(cols[:b], cols, msh) if mask_hits else None
     return cross_entropy(s, valid, lqc, 0.5)
 
 
-def _sampled_cols(b, n, s, seed=1):  # noqa: ANN001, ANN202
+def _sampled_cols(b, n, s, seed=1):
     g = torch.Generator().manual_seed(seed)
     cols = torch.randint(0, n, (b + s,), generator=g)
     if b > 3:

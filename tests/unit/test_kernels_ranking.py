@@ -12,18 +12,18 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before any rayrec triton_impl / triton.jit import
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from rayrec.models import losses as L  # noqa: E402
-from rayrec.ops_kernels import sampled_ranking_loss  # noqa: E402
+import pytest
+import torch
 
-from tests.unit._triton_interp import backends, triton_skip_reason  # noqa: E402
+from rayrec.models import losses as L
+from rayrec.ops_kernels import sampled_ranking_loss
+from tests.unit._triton_interp import backends, triton_skip_reason
 
 _SKIP = triton_skip_reason("ranking_losses", "_fwd_kernel")
 BACKENDS = backends(_SKIP)
 
 
-def _oracle(s, name, valid, lq):  # noqa: ANN001, ANN202
+def _oracle(s, name, valid, lq):
     if name == "bpr-max":
         return L.bpr_max(s, valid, 0.7)
     if name == "top1-max":
@@ -31,7 +31,7 @@ def _oracle(s, name, valid, lq):  # noqa: ANN001, ANN202
     return L.cross_entropy(s, valid, lq, 0.5)
 
 
-def _case(b, s, n_items, seed=0):  # noqa: ANN001, ANN202
+def _case(b, s, n_items, seed=0):
     g = torch.Generator().manual_seed(seed)
     cols = torch.randint(0, n_items, (b + s,), generator=g)
     scores = torch.randn(b, b + s, generator=g) * 2
@@ -39,14 +39,14 @@ def _case(b, s, n_items, seed=0):  # noqa: ANN001, ANN202
     return scores, cols, lq
 
 
-def _run(fn, s0):  # noqa: ANN001, ANN202
+def _run(fn, s0):
     s = s0.detach().clone().requires_grad_()
     loss = fn(s)
     loss.backward()
     return loss.detach().float(), s.grad.float()
 
 
-def _close(a, b, tol):  # noqa: ANN001, ANN202
+def _close(a, b, tol):
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
     torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale)
 

@@ -8,17 +8,17 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before any rayrec triton_impl / triton.jit import
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from rayrec.ops_kernels import KernelUnavailableError, pad_exclusions, topk_scores  # noqa: E402
+import pytest
+import torch
 
-from tests.unit._triton_interp import triton_mark, triton_skip_reason  # noqa: E402
+from rayrec.ops_kernels import KernelUnavailableError, pad_exclusions, topk_scores
+from tests.unit._triton_interp import triton_mark, triton_skip_reason
 
 _SKIP = triton_skip_reason("topk", "_topk_kernel")
 needs_triton = triton_mark(_SKIP)
 
 
-def _oracle(h, w, k, bias, excl):  # noqa: ANN001, ANN202
+def _oracle(h, w, k, bias, excl):
     s = h.float() @ w.float().t()
     if bias is not None:
         s = s + bias.float()
@@ -29,13 +29,13 @@ def _oracle(h, w, k, bias, excl):  # noqa: ANN001, ANN202
     return v, i.masked_fill(v == float("-inf"), -1)
 
 
-def _inputs(b, n, d, dtype=torch.float32, seed=0):  # noqa: ANN001, ANN202
+def _inputs(b, n, d, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(b, d, generator=g).to(dtype), torch.randn(n, d, generator=g).to(dtype),
             torch.randn(n, generator=g).to(dtype))
 
 
-def _excl(b, n, seed=3):  # noqa: ANN001, ANN202
+def _excl(b, n, seed=3):
     g = torch.Generator().manual_seed(seed)
     return [torch.randperm(n, generator=g)[: int(i % 4) * 2].tolist() for i in range(b)]  # ragged
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from rayrec.models.losses import (
     LossConfig,
     bpr,

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from rayrec.models.samplers import PopularitySampler
+
+from rayrec.models.samplers import PopularitySampler, logq_tables
 
 COUNTS = np.array([100, 50, 20, 10, 5, 1, 0, 30])
 
@@ -73,3 +74,48 @@ def test_log_prob_and_bad_input() -> None:
         PopularitySampler(np.array([1, -1]), 0.5)
     with pytest.raises(ValueError, match="sums to 0"):
         PopularitySampler(np.zeros(3), 0.5)
+
+
+# ---------------------------------------------------------------- logQ tables (sampled softmax)
+def test_logq_tables_expected_mode_is_log_expected_occurrences() -> None:
+    """``expected``: both tables are log(B p_pop + S p_alpha); never-seen items count as 1."""
+    b, n_s = 4, 6
+    smp = PopularitySampler(COUNTS, 0.5, 100)
+    t, e = logq_tables(COUNTS, b, smp, n_s)
+    c = np.maximum(COUNTS, 1).astype(float)
+    q = b * c / c.sum() + n_s * smp.prob.numpy()
+    assert t.dtype == e.dtype == torch.float32 and t.shape == (len(COUNTS),)
+    np.testing.assert_allclose(t.numpy(), np.log(q), rtol=1e-6)
+    assert torch.equal(t, e) and bool(torch.isfinite(t).all())
+    # without extra samples only the mini-batch targets are sampled columns
+    t0, e0 = logq_tables(COUNTS, b, None, 0)
+    np.testing.assert_allclose(t0.numpy(), np.log(b * c / c.sum()), rtol=1e-6)
+    assert torch.equal(t0, e0)
+
+
+def test_logq_tables_official_mode() -> None:
+    """``official`` (the authors' code): log count for targets, alpha * log count for samples."""
+    smp = PopularitySampler(COUNTS, 0.75, 100)
+    t, e = logq_tables(COUNTS, 32, smp, 2048, mode="official")
+    logc = np.log(np.maximum(COUNTS, 1).astype(float))
+    np.testing.assert_allclose(t.numpy(), logc, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(e.numpy(), 0.75 * logc, rtol=1e-6, atol=1e-7)
+
+
+def test_logq_corrected_partition_is_unbiased() -> None:
+    """With columns = B targets ~ popularity + S extra samples ~ popularity^alpha,
+    ``sum over columns of exp(s_j) / Q_j`` estimates the full ``sum_j exp(s_j)``."""
+    counts = np.array([100, 50, 20, 10, 5, 1, 3, 30])  # no zero count: targets ~ p_pop exactly
+    b, n_s, trials = 3, 5, 40_000
+    smp = PopularitySampler(counts, 0.5, 50_000, torch.Generator().manual_seed(3))
+    lq, _ = logq_tables(counts, b, smp, n_s)
+    scores = np.random.default_rng(1).normal(size=len(counts))
+    rng = np.random.default_rng(2)
+    tgt = rng.choice(len(counts), size=(trials, b), p=counts / counts.sum())
+    ext = torch.cat([smp.sample(n_s) for _ in range(trials)]).numpy().reshape(trials, n_s)
+    cols = np.concatenate([tgt, ext], axis=1)  # (trials, B + S)
+    est = np.exp(scores[cols] - lq.numpy()[cols]).sum(axis=1)  # (trials,)
+    full = np.exp(scores).sum()
+    assert abs(est.mean() - full) < 4 * est.std() / np.sqrt(trials), (est.mean(), full)
+    # without the correction the estimate is far off (a wrong Q is detectable here)
+    assert abs(np.exp(scores[cols]).sum(axis=1).mean() - full) > 20 * est.std() / np.sqrt(trials)

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayrec.platform.training.session_parallel import (
+from rayrec.models.session_parallel import (
     SessionArrays,
+    item_counts,
     n_training_pairs,
     session_parallel_batches,
 )
@@ -125,3 +126,13 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         list(session_parallel_batches(_arrays([2]), 0))
     assert list(session_parallel_batches(_arrays([1, 0, 1]), 4)) == []
+
+
+def test_item_counts() -> None:
+    """Training occurrences per item (popularity for the sampler and logQ), zero for unseen."""
+    a = SessionArrays(np.array([0, 3, 4, 6]), np.array([2, 0, 2, 2, 5, 0]))
+    c = item_counts(a, 7)
+    assert c.dtype == np.int64 and c.tolist() == [2, 0, 3, 0, 0, 1, 0]
+    assert item_counts(SessionArrays(np.zeros(1), np.zeros(0)), 3).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="out of range"):
+        item_counts(a, 5)

@@ -28,7 +28,7 @@ def _redis_store(limits: StoreLimits):
 
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.skip(f"no Redis server at {REDIS_URL} ({exc}); start redis-server to run this")
     return RedisSessionStore(REDIS_URL, limits, prefix=f"rayrec-test-{uuid.uuid4().hex[:10]}:")
 

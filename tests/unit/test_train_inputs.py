@@ -9,7 +9,7 @@ from rayrec.platform.config import load_config
 from rayrec.platform.preprocessing.config import PreprocessJobConfig
 from rayrec.platform.preprocessing.pipeline import run_preprocess
 from rayrec.platform.training.config import TrainJobConfig
-from rayrec.platform.training.loop import TrainingInputError
+from rayrec.platform.training.families import TrainingInputError
 from rayrec.platform.training.trainer import check_inputs, fit
 from tests.fixtures import synthetic_sessions
 
@@ -17,8 +17,8 @@ from tests.fixtures import synthetic_sessions
 def _cfg(root, *extra):
     return load_config(
         TrainJobConfig, None,
-        [f"data.path={root}", "data.valid_split=test", "scaling.num_workers=0", "train.epochs=1",
-         "loss.n_sample=16", "train.batch_size=8", *extra],
+        ["model.name=gru4rec", f"data.path={root}", "data.valid_split=test", "ray.use_ray=false",
+         "train.epochs=1", "model.loss.n_sample=16", "train.batch_size=8", *extra],
     )
 
 

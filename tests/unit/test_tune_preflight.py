@@ -18,7 +18,9 @@ def test_shipped_tune_configs_pass_preflight(name):
     cfg = _cfg(config=f"jobs/configs/tune_gru4rec_{name}.yaml")
     base = preflight(cfg)
     t = make_train_config(base, {})
-    assert t.data.valid_split == "train_valid" and t.scaling.num_workers == 0
+    # trials run the one training loop in the trial's process, with checkpoints (PBT restores)
+    assert t.data.valid_split == "train_valid" and not t.ray.use_ray and t.run.checkpoint
+    assert t.model.name == "gru4rec"
 
 
 def test_space_key_the_config_does_not_have():
@@ -43,10 +45,32 @@ def test_tuning_on_the_test_split_is_refused():
 
 def test_sampled_point_becomes_validated_config():
     base = preflight(_cfg())
-    cfg = make_train_config(base, {"optim.lr": 0.05, "model.layers": [64, 100]})
+    cfg = make_train_config(base, {"optim.lr": 0.05, "model.layers": [64, 100],
+                                   "model.loss.n_sample": 512, "model.loss.sample_alpha": 0.25})
     assert cfg.optim.lr == 0.05 and cfg.model.layers == (64, 100)
+    assert cfg.model.loss.n_sample == 512 and cfg.model.loss.sample_alpha == 0.25
     with pytest.raises(ConfigError, match="optim.lr"):
         make_train_config(base, {"optim.lr": -1.0})
+
+
+def test_space_key_of_the_old_vocabulary_names_its_new_key():
+    """``loss.*`` moved into the model's config: a space over it is refused before any trial,
+    naming ``model.loss``."""
+    with pytest.raises(ConfigError, match=r"(?s)'loss\.n_sample'.*loss was renamed: use model\.loss"):
+        preflight(_cfg("space={loss.n_sample: {type: choice, values: [512, 1024]}}"))
+
+
+def test_reported_metrics_are_the_one_vocabulary():
+    """What preflight accepts as ``metric`` is what the loop reports: the base set plus the
+    session family's ``recall@K`` / ``mrr@K`` / ``ndcg@K`` / ``hit@K`` at ``eval.ks``."""
+    for m in ("loss", "examples_per_s", "epoch_s", "recall@20", "mrr@10", "ndcg@5", "hit@20"):
+        preflight(_cfg(f"metric={m}"))
+    for old in ("train_loss", "events_per_s", "valid_recall@20"):
+        with pytest.raises(ConfigError, match=f"never reports '{old}'"):
+            preflight(_cfg(f"metric={old}"))
+    base = preflight(_cfg("base_overrides=[data.train_split=train_tr, data.valid_split=train_valid, "
+                          "'eval.ks=[50]']", "metric=recall@50", "accuracy_metric=mrr@50"))
+    assert make_train_config(base, {}).eval.ks == [50]
 
 
 def _daily_cfg(*extra):
@@ -55,15 +79,16 @@ def _daily_cfg(*extra):
 
 
 def test_shipped_daily_pbt_config_passes_preflight():
-    from rayrec.platform.daily.config import DailyTrainJobConfig
-    from rayrec.platform.tuning.run import config_class
+    from rayrec.platform.training.config import TrainJobConfig
 
     cfg = _daily_cfg()
+    assert cfg.metric == "precision@10"  # the one metric vocabulary (no valid_ prefix)
     base = preflight(cfg)
-    assert config_class(base) is DailyTrainJobConfig
-    t = make_train_config(base, {"optim.lr": 0.003}, DailyTrainJobConfig)
-    assert t.optim.lr == 0.003 and t.scaling.num_workers == 0 and t.run.checkpoint
-    assert t.data.valid_prefix == "valid_test"
+    t = make_train_config(base, {"optim.lr": 0.003, "optim.lr_multipliers.decay": 10.0})
+    assert isinstance(t, TrainJobConfig) and t.model.name == "daily_nn"
+    assert t.optim.lr == 0.003 and t.optim.lr_multipliers["decay"] == 10.0
+    assert not t.ray.use_ray and t.run.checkpoint  # trials: the one loop in the trial's process
+    assert t.data.valid_split == "valid_test"
     # one torch thread per trial (cpus_per_trial 0.5 -> 1): no OpenMP oversubscription
     assert t.scaling.torch_threads == 1
 
@@ -71,16 +96,21 @@ def test_shipped_daily_pbt_config_passes_preflight():
 def test_daily_metric_never_reported_names_it():
     with pytest.raises(ConfigError, match="never reports 'recall@20'"):
         preflight(_daily_cfg("metric=recall@20"))
+    for old in ("valid_precision@10", "train_loss"):  # the names before the one vocabulary
+        with pytest.raises(ConfigError, match=f"never reports '{old}'"):
+            preflight(_daily_cfg(f"metric={old}"))
+    for m in ("precision@5", "pcc@10", "coverage@1", "loss", "fitness"):
+        preflight(_daily_cfg(f"metric={m}"))
 
 
 def test_daily_space_key_checked_against_the_daily_config():
-    with pytest.raises(ConfigError, match=r"model\.layers.*DailyTrainJobConfig"):
+    with pytest.raises(ConfigError, match=r"model\.layers.*TrainJobConfig"):
         preflight(_daily_cfg("space={model.layers: {type: layers, sizes: [64]}}"))
 
 
 def test_daily_without_validation_windows_is_refused():
-    with pytest.raises(ConfigError, match="valid_prefix"):
-        preflight(_daily_cfg("base_overrides=[data.valid_prefix=null]"))
+    with pytest.raises(ConfigError, match="valid_split"):
+        preflight(_daily_cfg("base_overrides=[data.valid_split=null]"))
 
 
 def test_trial_threads_follow_cpus_per_trial():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["SessionArrays", "session_parallel_batches", "n_training_pairs"]
+__all__ = ["SessionArrays", "item_counts", "n_training_pairs", "session_parallel_batches"]
 
 
 @dataclass
@@ -167,3 +167,10 @@ def session_parallel_batches(
             pos, end, reset = pos[keep], end[keep], reset[keep]
         else:
             keep = np.arange(pos.size, dtype=np.int64)
+
+
+def item_counts(arrays: SessionArrays, n_items: int) -> np.ndarray:
+    """Occurrences of each item in the training events (N,) int64."""
+    if arrays.items.size and arrays.items.max() >= n_items:
+        raise ValueError(f"item_idx {int(arrays.items.max())} out of range for n_items={n_items}")
+    return np.bincount(arrays.items, minlength=n_items).astype(np.int64)

@@ -1,0 +1,200 @@
+"""Serve-free model side of the recommender: model names, checkpoint loading, batched
+scoring and the popularity fallback.  The session deployment
+(:class:`rayrec.serve_apps.deployments.SessionRecommender`) is a thin wrapper around
+:class:`SessionModel`, so served and offline top-K can be compared without Serve.
+
+* :class:`SessionModel` loads ANY registered session model from its checkpoint
+  (:func:`rayrec.platform.checkpoint.load_model`, weights loaded with ``weights_only``) and
+  answers through the model's :class:`~rayrec.models.contract.ServableScorer`: the session's
+  events are encoded (GRU4Rec, seed 003 section 3: the network reads the session's events one
+  by one; the next-item scores are ``score(h_T)`` over the whole catalogue, as in
+  evaluation), then one fused scoring + exclusion + top-K call (GRU4Rec:
+  ``rayrec.ops_kernels.topk_scores``); the ``(B, N)`` score matrix is never built.
+* :class:`Popularity` keeps the popularity order fresh from the session store's online
+  counters (the order itself is :func:`rayrec.serve_apps.policy.popularity_order`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rayrec.models.contract import ServableScorer
+from rayrec.platform.checkpoint import CheckpointError, item_index_hash, load_model
+from rayrec.serve_apps.messages import ModelInfo, ScoreRequest, ScoreResult
+from rayrec.serve_apps.policy import ItemCatalog, popularity_order, popularity_topk
+
+__all__ = [
+    "ModelNameError",
+    "Popularity",
+    "SessionModel",
+    "read_item_metadata",
+    "resolve_model_name",
+    "resolve_model_path",
+]
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
+
+
+class ModelNameError(ValueError):
+    """A model name that is malformed or points outside the model directory."""
+
+
+def resolve_model_path(model_dir: str | os.PathLike[str], name: str) -> Path:
+    """``model_dir / name`` if ``name`` is a plain name of a directory inside ``model_dir``.
+
+    Names used for multiplexing and rollouts come from requests and configs: no separators,
+    no ``..``, no absolute paths, and the resolved path (symlinks followed) must stay inside
+    ``model_dir``.
+    """
+    if not isinstance(name, str) or not MODEL_NAME.match(name) or ".." in name:
+        raise ModelNameError(
+            f"model name must match {MODEL_NAME.pattern} without '..', got {str(name)[:60]!r}"
+        )
+    root = Path(model_dir).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ModelNameError(f"model {name!r} resolves outside the model directory")
+    if not path.is_dir():
+        raise FileNotFoundError(f"model {name!r} not found in the model directory")
+    return path
+
+
+def resolve_model_name(model_dir: str | os.PathLike[str], name: str) -> str:
+    """``"latest"`` -> the newest checkpoint directory in ``model_dir`` that holds a
+    ``model.pt`` (newest by mtime, then by name); any other name is returned unchanged."""
+    if name != "latest":
+        return name
+    root = Path(model_dir)
+    cands = [p for p in root.iterdir() if p.is_dir() and (p / "model.pt").is_file()] \
+        if root.is_dir() else []
+    if not cands:
+        raise FileNotFoundError(f"model 'latest': no checkpoint directory in {root}")
+    return max(cands, key=lambda p: (p.stat().st_mtime, p.name)).name
+
+
+def read_item_metadata(path: str | os.PathLike[str] | None) -> dict[str, str]:
+    """``item_id -> category`` from a CSV/Parquet file with columns item_id, category."""
+    if not path:
+        return {}
+    import pandas as pd
+
+    p = Path(path)
+    df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype=str)
+    missing = {"item_id", "category"} - set(df.columns)
+    if missing:
+        raise ValueError(f"item metadata {p}: missing column(s) {sorted(missing)}")
+    df = df.dropna(subset=["item_id", "category"])
+    return dict(zip(df["item_id"].astype(str), df["category"].astype(str)))
+
+
+class Popularity:
+    """Popularity fallback: online counters first (refreshed every ``refresh_s`` from the
+    session store), then the training popularity order (item_idx 0 = most popular)."""
+
+    def __init__(self, catalog: ItemCatalog, store=None, refresh_s: float = 5.0,
+                 top_n: int = 1000):
+        self.catalog = catalog
+        self.store = store
+        self.refresh_s = float(refresh_s)
+        self.top_n = int(top_n)
+        self._order = popularity_order(catalog.n)
+        self._at = -1e18
+
+    def order(self) -> np.ndarray:
+        now = time.monotonic()
+        if self.store is not None and now - self._at > self.refresh_s:
+            self._at = now
+            try:
+                online = self.catalog.indices(i for i, _ in self.store.popular(self.top_n))
+            except Exception:
+                online = []
+            if online:
+                self._order = popularity_order(self.catalog.n, online)
+        return self._order
+
+    def topk(self, k: int, exclude_idx: set[int], allowed: torch.Tensor | None) -> list[int]:
+        return popularity_topk(self.order(), k, exclude_idx, allowed)
+
+
+class SessionModel:
+    """A registered session model's checkpoint, ready to score sessions.
+
+    Any model registered with ``kind="session"`` whose scorer is a
+    :class:`~rayrec.models.contract.ServableScorer` is served; a checkpoint of another kind
+    is refused (:class:`~rayrec.platform.checkpoint.CheckpointError`, with the reason)."""
+
+    def __init__(self, ckpt_dir: str | os.PathLike[str], name: str | None = None,
+                 categories: dict[str, str] | None = None) -> None:
+        loaded = load_model(ckpt_dir, kind="session")
+        scorer = loaded.scorer()
+        if not isinstance(scorer, ServableScorer):
+            raise CheckpointError(
+                f"{ckpt_dir}: the scorer of {loaded.spec.name!r} cannot serve (it needs "
+                "encode and topk, rayrec.models.contract.ServableScorer)")
+        self.spec = loaded.spec
+        self.model = loaded.model
+        self.scorer: ServableScorer = scorer
+        self.path = str(ckpt_dir)
+        self.name = name or Path(ckpt_dir).name
+        self.catalog = ItemCatalog(loaded.item_ids, categories)
+        self.item_index_hash = item_index_hash(loaded.item_ids)
+        self.meta = loaded.checkpoint.meta
+        self.loaded_at = time.time()
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(name=self.name, path=self.path, n_items=self.catalog.n,
+                         item_index_hash=self.item_index_hash, loaded_at=self.loaded_at,
+                         epoch=self.meta.get("epoch"), metrics=self.meta.get("metrics"))
+
+    @torch.no_grad()
+    def score_batch(self, reqs: Sequence[ScoreRequest], popularity: Popularity | None = None
+                    ) -> list[ScoreResult]:
+        """Top-K for each request: all items scored, excluded / filtered items removed.
+
+        The sessions with known items are encoded in one call (``scorer.encode``); scoring
+        and top-K are fused (``scorer.topk``; GRU4Rec: ``rayrec.ops_kernels.topk_scores``,
+        backend by ``RAYREC_KERNELS``), one call per distinct category filter in the batch,
+        with the request's ``exclude`` items as the per-row exclusion lists and the category
+        filter as the ``item_mask``.  Requests without a known item get the popularity
+        fallback (``popularity``, default: the training order)."""
+        cat = self.catalog
+        seqs = [cat.indices(r.items) for r in reqs]
+        unknown = [len(r.items) - len(s) for r, s in zip(reqs, seqs)]
+        results: list[ScoreResult | None] = [None] * len(reqs)
+        live = [i for i, s in enumerate(seqs) if s]
+        if live:
+            enc = self.scorer.encode([seqs[i] for i in live])  # (B, D)
+            groups: dict[tuple, list[int]] = {}
+            for row, i in enumerate(live):
+                r = reqs[i]
+                key = (tuple(sorted(r.include_categories)), tuple(sorted(r.exclude_categories)))
+                groups.setdefault(key, []).append(row)
+            for (inc, exc), grp in groups.items():
+                allowed = cat.allowed_mask(list(inc), list(exc))  # (N,) bool or None
+                excl = [cat.indices(reqs[live[row]].exclude) for row in grp]
+                kmax = max(1, max(min(reqs[live[row]].k, cat.n) for row in grp))
+                eg = enc if len(grp) == len(live) else enc[torch.as_tensor(grp, dtype=torch.long)]
+                vals, idx = self.scorer.topk(eg, kmax, exclude=excl, item_mask=allowed)  # (G, kmax)
+                vals, idx = vals.cpu(), idx.cpu()
+                for g, row in enumerate(grp):
+                    i = live[row]
+                    k = max(0, min(reqs[i].k, cat.n))
+                    v, j = vals[g, :k], idx[g, :k]
+                    keep = j >= 0  # excluded / filtered items are never returned
+                    results[i] = ScoreResult([cat.item_ids[t] for t in j[keep].tolist()],
+                                             v[keep].tolist(), "session", unknown[i], self.name)
+        pop = popularity or Popularity(cat)
+        for i, r in enumerate(reqs):
+            if results[i] is None:
+                allowed = cat.allowed_mask(r.include_categories, r.exclude_categories)
+                top = pop.topk(r.k, set(cat.indices(r.exclude)), allowed)
+                results[i] = ScoreResult([cat.item_ids[j] for j in top], [0.0] * len(top),
+                                         "popularity", unknown[i], self.name)
+        return results  # type: ignore[return-value]
