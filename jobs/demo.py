@@ -214,15 +214,14 @@ def composed_demo(cfg: DemoJobConfig, out: Path) -> None:
              if "precision@10" in ev else ""))
 
     day_data = work / cfg.as_of / "data"
-    _step(f"7/8 GRU4Rec on the daily job's own data ({day_data}), {cfg.session_epochs} epochs "
-          "in this process")
+    _step(f"7/8 GRU4Rec on the daily job's own data ({day_data}, jobs/configs/gru4rec_ml100k.yaml), "
+          f"{cfg.session_epochs} epochs in this process")
     print("train: split test_x (every purchase before the as-of date of the users it holds, "
           "sessions = 30-minute gaps); validate next-item on test_y (after the as-of date)")
     runs = (out / "runs").resolve()
-    tcfg = load_config(TrainJobConfig, configs / "gru4rec_rsc15.yaml", [
-        f"data.path={day_data}", "data.train_split=test_x", "data.valid_split=test_y",
-        "data.test_split=test_y", f"train.epochs={cfg.session_epochs}",
-        f"run.storage_path={runs}", "run.name=demo-gru4rec-ml100k", "ray.use_ray=false",
+    tcfg = load_config(TrainJobConfig, configs / "gru4rec_ml100k.yaml", [
+        f"data.path={day_data}", f"train.epochs={cfg.session_epochs}",
+        f"run.storage_path={runs}", "run.name=demo-gru4rec-ml100k",
     ])
     res = fit(tcfg, log=_short)
     session_items = json.loads(Path(res.checkpoint_dir, "items.json").read_text())
@@ -299,31 +298,26 @@ def composed_demo(cfg: DemoJobConfig, out: Path) -> None:
     print(f"GET {url}")
     ans = _http("GET", url)
     print(" ->", json.dumps(ans))
-    # The response says where the whole list came from (source: blend | daily | session |
-    # popularity); which list each item came from is read off the two lists the blend
-    # merges, asked with the same exclusions (the session's and the user's items).
-    daily_only = _http("GET", f"{base}/users/{uid}/recommendations?k={cfg.k}")
+    # the response says where the whole list came from (source: blend | daily | session |
+    # popularity) and, per item, which list gave it (item_sources); the ranks below are read
+    # off the published daily list and the session's own list, for the printout
     session_only = _http("GET", f"{base}/sessions/{sid}/recommendations?k={cfg.k}")
     d_rank = {it: r for r, it in enumerate(published, 1)}
     s_rank = {it: r for r, it in enumerate(session_only["items"], 1)}
-    if daily_only["source"] != "daily":
-        print(f"WARNING: user {uid}'s daily list answered from {daily_only['source']!r}")
     print(f"\nanswer for user {uid}: source={ans['source']!r} (daily list + live session), "
           f"daily store version {ans['store_version']}, session model "
           f"{session_only['model']}, {ans['session_events']} session events")
-    print(f"{'#':>3}  {'from':<26}  movie")
-    for r, it in enumerate(ans["items"], 1):
-        where = [f"daily list #{d_rank[it]}" if it in d_rank else "",
-                 f"live session #{s_rank[it]}" if it in s_rank else ""]
-        src = " + ".join(w for w in where if w) or "popularity fill"
-        print(f"{r:>3}  {src:<26}  {name(it)}")
-    n_d = sum(it in d_rank for it in ans["items"])
-    n_s = sum(it in s_rank for it in ans["items"])
-    print(f"{n_d} of {len(ans['items'])} from the daily list (published top-{len(published)}, "
-          f"consumed items removed), {n_s} from the live session's GRU4Rec list")
-    print("the response's own `source` names the mix ('blend'); the 'from' column is read off "
-          "the two lists the blend merges (GET /users/{id}/recommendations without session_id: "
-          "the daily list; GET /sessions/{id}/recommendations: the session list)")
+    print(f"{'#':>3}  {'from (item_sources)':<34}  movie")
+    for r, (it, src) in enumerate(zip(ans["items"], ans["item_sources"]), 1):
+        where = {"daily": f"daily list #{d_rank.get(it, '?')}",
+                 "session": f"live session #{s_rank.get(it, '?')}",
+                 "session+daily": f"both (daily #{d_rank.get(it, '?')}, session #{s_rank.get(it, '?')})",
+                 "popularity": "popularity fill"}.get(src, src)
+        print(f"{r:>3}  {where:<34}  {name(it)}")
+    counts = {k: ans["item_sources"].count(k) for k in ("daily", "session", "session+daily", "popularity")}
+    print(f"{counts['daily']} of {len(ans['items'])} from the daily list (published top-{len(published)}, "
+          f"consumed items removed), {counts['session']} from the live session's GRU4Rec list, "
+          f"{counts['session+daily']} in both, {counts['popularity']} popularity fill")
     print("keep both running: serve run serve_apps/configs/recommender.yaml with its args "
           f"session.model_dir: {args.session.model_dir} and daily.store_path: {store_path}")
 

@@ -137,7 +137,9 @@ class TrainTask(Protocol):
         ...
 
     def param_groups(self, module: nn.Module, lr: float) -> list[dict[str, Any]]:
-        """Optimiser parameter groups (e.g. a slower group); ``[{"params": ...}]`` by default."""
+        """Optimiser parameter groups, each optionally ``name``-d (``optim.lr_multipliers``
+        addresses them by name); ``[{"params": ...}]`` for one group.  A task may declare
+        ``param_group_names``: every group name it can return in some configuration."""
         ...
 
     def num_batches(self, env: TaskEnv, batch_size: int) -> int:

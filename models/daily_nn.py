@@ -831,6 +831,9 @@ class DailyNNTask:
     """
 
     parallelism = "tensor"
+    #: ``decay`` exists only with ``model.decay: learned``; a shared config may still set
+    #: ``optim.lr_multipliers.decay`` for every variant (the comparison table does)
+    param_group_names = ("main", "decay")
 
     def __init__(self, job) -> None:
         self.cfg: DailyNNConfig = job.model

@@ -400,7 +400,8 @@ class Ingress:
         res = await self._session_call(self._score_request(items, k, exclude, o), o.model)
         since = None if st is None or st.last_ts is None else \
             max(0.0, time.time() - st.last_ts / 1000.0)
-        return RecsOut(items=res.items, scores=res.scores, source=res.source, model=res.model,
+        return RecsOut(items=res.items, scores=res.scores, source=res.source,
+                       item_sources=[res.source] * len(res.items), model=res.model,
                        session_events=len(items), seconds_since_last_event=since,
                        unknown_items=res.unknown_items)
 
@@ -434,7 +435,8 @@ class Ingress:
             body.exclude_items, [body.items] if self._excluding_consumed(body) else ())
         res = await self._session_call(
             self._score_request(body.items, k, exclude, body, body.strict_items), body.model)
-        return RecsOut(items=res.items, scores=res.scores, source=res.source, model=res.model,
+        return RecsOut(items=res.items, scores=res.scores, source=res.source,
+                       item_sources=[res.source] * len(res.items), model=res.model,
                        session_events=len(body.items), unknown_items=res.unknown_items)
 
     @api.get("/users/{user_id}/recommendations", response_model=RecsOut)
@@ -488,6 +490,7 @@ class Ingress:
             items = policy.fill(items, res.items, k)
         return RecsOut(items=items, scores=policy.rank_scores(len(items)),
                        source=policy.blend_source(bool(daily_items), from_session),
+                       item_sources=policy.item_sources(items, session_items, daily_items),
                        store_version=None if daily is None else daily.version,
                        session_events=0 if st is None else len(st.events))
 

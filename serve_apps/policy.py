@@ -229,6 +229,15 @@ def blend_source(has_daily: bool, has_session: bool) -> str:
     return "daily" if has_daily else "popularity"
 
 
+def item_sources(items: Sequence[str], session: Sequence[str], daily: Sequence[str]) -> list[str]:
+    """Where each item of a blended answer came from: ``session`` (the live session's list),
+    ``daily`` (the published daily list), ``session+daily`` (in both) or ``popularity`` (the
+    fill)."""
+    s, d = set(session), set(daily)
+    return ["session+daily" if (i in s and i in d) else "session" if i in s else "daily" if i in d
+            else "popularity" for i in items]
+
+
 def rank_scores(n: int) -> list[float]:
     """Rank scores ``n, n-1, ..., 1`` for a blended list (the daily and session models'
     scores are on different scales, so a blended answer reports ranks)."""

@@ -88,6 +88,8 @@ class RecsOut(_Strict):
     items: list[str]
     scores: list[float]
     source: str
+    item_sources: list[str] = Field(default_factory=list)
+    """Per item: ``session``, ``daily``, ``session+daily`` or ``popularity``."""
     model: str | None = None
     store_version: str | None = None
     session_events: int = 0

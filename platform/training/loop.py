@@ -165,7 +165,8 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
                   **_collectives(ctx.rank, ctx.world, len(d.item_ids), tensor))
     task = spec.task(job)
     module = task.build(env, torch.Generator().manual_seed(tr.seed)).to(device)
-    optimizer = build_optimizer(task.param_groups(module, job.optim.lr), job.optim)
+    optimizer = build_optimizer(task.param_groups(module, job.optim.lr), job.optim,
+                                known=getattr(task, "param_group_names", ()))
     # optimiser state is checkpointed whole from rank 0: exact when every rank holds the same
     # optimiser (one rank, or data-parallel replicas); sharded optimisers (tensor parallel over
     # several ranks, DeepSpeed) keep theirs in the engine's files or resume with fresh moments

@@ -132,14 +132,16 @@ class AdagradMomentum(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(groups: Iterable[Any], cfg: OptimConfig) -> list[dict[str, Any]]:
+def param_groups(groups: Iterable[Any], cfg: OptimConfig, known: Iterable[str] = ()) -> list[dict[str, Any]]:
     """``groups`` (parameters, or dicts with ``params`` and an optional ``name``) with each
-    group's ``lr`` set from ``cfg`` (``lr * lr_multipliers[name]``); an unknown name in
-    ``lr_multipliers`` is an error naming the groups the model has."""
+    group's ``lr`` set from ``cfg`` (``lr * lr_multipliers[name]``).  A name in
+    ``lr_multipliers`` that is neither a group nor in ``known`` (groups the model can have
+    in other configurations, e.g. the daily model's ``decay`` without a learned decay) is an
+    error naming the groups the model has."""
     groups = list(groups)
     if not groups or not isinstance(groups[0], dict):
         groups = [{"params": groups}]
-    names = {g.get("name") for g in groups}
+    names = {g.get("name") for g in groups} | set(known)
     unknown = sorted(set(cfg.lr_multipliers) - names)
     if unknown:
         known = sorted(n for n in names if n)
@@ -157,9 +159,10 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig) ->
             group["momentum"] = cfg.momentum
 
 
-def build_optimizer(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser named by ``cfg`` over ``params`` (parameters or named groups)."""
-    groups = param_groups(params, cfg)
+def build_optimizer(params: Iterable[Any], cfg: OptimConfig, known: Iterable[str] = ()) -> torch.optim.Optimizer:
+    """The optimiser named by ``cfg`` over ``params`` (parameters or named groups; ``known``:
+    see :func:`param_groups`)."""
+    groups = param_groups(params, cfg, known)
     if cfg.name == "adagrad_momentum":
         return AdagradMomentum(groups, cfg.lr, cfg.momentum, cfg.eps, cfg.weight_decay)
     if cfg.name == "adagrad":

@@ -1,6 +1,7 @@
 """The SHIPPED configs chained in the README's order: preprocess
 (``jobs/configs/preprocess_rsc15.yaml``) -> train (``jobs/configs/gru4rec_rsc15.yaml``) ->
-daily (``jobs/configs/daily_ml100k.yaml --as-of 1998-03-15``) -> serve
+daily (``jobs/configs/daily_ml100k.yaml --as-of 1998-03-15``) -> the session model Serve
+blends with it (``jobs/configs/gru4rec_ml100k.yaml``, on the daily job's data) -> serve
 (``serve_apps/configs/recommender.yaml``, its ``applications[0].args`` exactly as shipped) ->
 a session request and a user request.  A path or key that one step writes and the next
 reads differently fails here.
@@ -17,10 +18,9 @@ anything into it::
 * :func:`test_shipped_paths_chain` (fast, no training): the configs loaded with rayrec's
   typed loaders, and every path one step writes resolved with rayrec's own functions and
   compared with the path the next step reads.
-* :func:`test_shipped_session_and_daily_models_share_a_catalog` (fast, strict xfail): the
-  session model and the daily store the shipped Serve config blends come from different
-  datasets (see ``CATALOG_MISMATCH``); the test starts passing, and then fails as XPASS, once
-  the shipped configs serve one catalog.
+* :func:`test_shipped_session_and_daily_models_share_a_catalog` (fast): the session model
+  and the daily store the shipped Serve config blends come from one dataset (the session
+  model trains on the daily job's own data directory, so one ``items.parquet``).
 * :func:`test_readme_order_end_to_end` (slow, ~3 min on 2 loaded cores): the jobs run as
   subprocesses (``python -m rayrec.jobs.<job>``, shortened with overrides that touch no path)
   and the app is started with ``serve run <copy of recommender.yaml> --address local`` in the
@@ -56,17 +56,9 @@ SERVE_YAML = REPO / "serve_apps" / "configs" / "recommender.yaml"
 PREPROCESS_YAML = "jobs/configs/preprocess_rsc15.yaml"
 TRAIN_YAML = "jobs/configs/gru4rec_rsc15.yaml"
 DAILY_YAML = "jobs/configs/daily_ml100k.yaml"
+SESSION_YAML = "jobs/configs/gru4rec_ml100k.yaml"
 AS_OF = "1998-03-15"
 K = 10
-
-CATALOG_MISMATCH = (
-    "serve_apps/configs/recommender.yaml serves the RSC15 GRU4Rec (session.model_dir="
-    "runs/gru4rec-rsc15, trained on ../shared/data/rsc15-100k) next to the ml-100k daily store "
-    "(daily.store_path=outputs/daily-ml100k/recs.sqlite): two catalogs (YOOCHOOSE item ids vs "
-    "MovieLens movie ids), so /users/{id}/recommendations?session_id= interleaves items of "
-    "two different shops and the popularity fill of a MovieLens user comes from RSC15"
-)
-
 
 # ---- the work directory -----------------------------------------------------------------
 def _work_dir(tmp: Path) -> Path:
@@ -88,7 +80,8 @@ def _shipped_serve_args() -> dict:
 
 
 def _shipped_configs():
-    """The four shipped configs through rayrec's typed loaders (no overrides)."""
+    """The shipped configs through rayrec's typed loaders (no overrides): preprocess, train
+    (rsc15), daily, the session model Serve blends, and the Serve args."""
     from rayrec.platform.config import load_config
     from rayrec.platform.daily.config import DailyJobConfig
     from rayrec.platform.preprocessing.config import PreprocessJobConfig
@@ -98,8 +91,9 @@ def _shipped_configs():
     pre = load_config(PreprocessJobConfig, REPO / PREPROCESS_YAML)
     train = load_config(TrainJobConfig, REPO / TRAIN_YAML)
     daily = load_config(DailyJobConfig, REPO / DAILY_YAML)
+    session = load_config(TrainJobConfig, REPO / SESSION_YAML)
     args = RecommenderArgs.model_validate(_shipped_serve_args())
-    return pre, train, daily, args
+    return pre, train, daily, session, args
 
 
 def _res(p: str) -> Path:
@@ -115,7 +109,7 @@ def test_shipped_paths_chain(tmp_path, monkeypatch):
 
     repo = _work_dir(tmp_path)
     monkeypatch.chdir(repo)
-    pre, train, daily, args = _shipped_configs()
+    pre, train, daily, session, args = _shipped_configs()
 
     # preprocess -> train: the output directory and the split names
     assert _res(pre.output.path) == _res(train.data.path), (
@@ -130,11 +124,22 @@ def test_shipped_paths_chain(tmp_path, monkeypatch):
     assert pre.split.index_split == train.data.train_split, (
         "the item index is built on split.index_split; the model trains on data.train_split")
 
-    # train -> serve: the run directory holds the checkpoints Serve loads
-    assert train.run.checkpoint
-    assert _res(args.session.model_dir) == Path(run_dir(train)), (
-        f"{SERVE_YAML.name} session.model_dir={args.session.model_dir} but {TRAIN_YAML} "
-        f"writes its checkpoints to run.storage_path/run.name={run_dir(train)}")
+    # daily -> the session model: it trains on the daily job's data directory for the date
+    day_data = Path(daily.work_dir) / AS_OF / "data"
+    assert _res(session.data.path) == _res(str(day_data)), (
+        f"{SESSION_YAML} data.path={session.data.path} but {DAILY_YAML} writes its data for "
+        f"{AS_OF} to work_dir/<as-of>/data={day_data}")
+    windows = {f"{p}_{xy}" for p in ("train", "valid_train", "valid_test", "test") for xy in "xy"}
+    for key in ("train_split", "valid_split", "test_split"):
+        name = getattr(session.data, key)
+        assert name is None or name in windows, (
+            f"{SESSION_YAML} data.{key}={name!r}: the daily job writes {sorted(windows)}")
+
+    # the session model -> serve: the run directory holds the checkpoints Serve loads
+    assert session.run.checkpoint and train.run.checkpoint
+    assert _res(args.session.model_dir) == Path(run_dir(session)), (
+        f"{SERVE_YAML.name} session.model_dir={args.session.model_dir} but {SESSION_YAML} "
+        f"writes its checkpoints to run.storage_path/run.name={run_dir(session)}")
     assert args.session.model == "latest" or args.session.model.startswith("checkpoint_"), (
         "session.model must name what training writes (checkpoint_<epoch>) or be 'latest'")
 
@@ -146,7 +151,7 @@ def test_shipped_paths_chain(tmp_path, monkeypatch):
     assert daily.train.model.name == "daily_nn"
 
     # everything the jobs write stays inside the checkout; the inputs are the shared data
-    for p in (pre.output.path, run_dir(train), daily.work_dir, daily.store.path):
+    for p in (pre.output.path, run_dir(train), run_dir(session), daily.work_dir, daily.store.path):
         assert _res(str(p)).is_relative_to(repo.resolve()), f"{p} is written outside the repo"
     shared = (tmp_path / "shared" / "data").resolve()
     for p in [*(pre.source.paths or {}).values(), daily.source.path]:
@@ -159,26 +164,25 @@ def test_shipped_sources_are_the_shared_datasets(tmp_path, monkeypatch):
     data_path("ml-100k")
     repo = _work_dir(tmp_path)
     monkeypatch.chdir(repo)
-    pre, _, daily, _ = _shipped_configs()
+    pre, _, daily, _, _ = _shipped_configs()
     for p in [*(pre.source.paths or {}).values(), daily.source.path]:
         assert Path(p).is_file(), f"shipped input {p} not found from the repo root"
 
 
-@pytest.mark.xfail(strict=True, reason=CATALOG_MISMATCH)
-def test_shipped_session_and_daily_models_share_a_catalog():
+def test_shipped_session_and_daily_models_share_a_catalog(tmp_path, monkeypatch):
     """The user endpoint blends the daily list with the live session's list: both must come
-    from one catalog.  Traced through the configs: session.model_dir -> the training run ->
-    its data.path -> the preprocess job that writes it -> its source files, against the daily
-    job's source file."""
-    pre, train, daily, args = _shipped_configs()
-    assert Path(args.session.model_dir).parts[-1] == train.run.name
-    assert Path(train.data.path) == Path(pre.output.path)
-    session_sources = {Path(p).parent for p in (pre.source.paths or {}).values()}
-    if pre.source.path:
-        session_sources.add(Path(pre.source.path).parent)
-    assert session_sources == {Path(daily.source.path).parent}, (
-        f"session model data {sorted(map(str, session_sources))} vs daily data "
-        f"{Path(daily.source.path).parent}")
+    from one catalogue.  Traced through the configs: session.model_dir -> the training run
+    -> its data.path, which is the daily job's data directory (one items.parquet, built
+    from the daily job's source)."""
+    from rayrec.platform.training.trainer import run_dir
+
+    repo = _work_dir(tmp_path)
+    monkeypatch.chdir(repo)
+    _, _, daily, session, args = _shipped_configs()
+    assert _res(args.session.model_dir) == Path(run_dir(session))
+    assert _res(session.data.path).is_relative_to(_res(daily.work_dir)), (
+        f"the served session model trains on {session.data.path}, not on the daily job's "
+        f"data under {daily.work_dir}: two catalogues would be blended")
 
 
 # ---- slow: the whole chain, as the README runs it ---------------------------------------
@@ -253,12 +257,15 @@ def test_readme_order_end_to_end(tmp_path):
     # 3. the daily job, shortened (one epoch, predictions in this process, no plot)
     _job(repo, logs / "daily.log", "rayrec.jobs.daily", "-c", DAILY_YAML, "--as-of", AS_OF,
          "train.train.epochs=1", "ray.use_ray=false", "plot=false")
+    # 4. the session model Serve blends with it, on the daily job's data (shortened)
+    _job(repo, logs / "train_session.log", "rayrec.jobs.train", "-c", SESSION_YAML,
+         "train.epochs=1")
 
     shipped = _shipped_serve_args()
     summary = json.loads((repo / "outputs" / "daily-ml100k" / AS_OF / "summary.json").read_text())
     assert Path(summary["checkpoint"]).resolve().is_relative_to(repo.resolve())
 
-    # 4. serve: the shipped YAML, only the port changed
+    # 5. serve: the shipped YAML, only the port changed
     cfg = yaml.safe_load(SERVE_YAML.read_text())
     port = free_port()
     cfg["http_options"]["port"] = port
@@ -292,8 +299,10 @@ def test_readme_order_end_to_end(tmp_path):
         print(f"serve run: up in {time.time() - t0:.0f}s")
 
         # what the app says it serves is what the jobs wrote
-        ckpts = sorted((repo / "runs" / "gru4rec-rsc15").glob("checkpoint_*"))
-        assert ckpts, "training wrote no checkpoint under runs/gru4rec-rsc15"
+        assert list((repo / "runs" / "gru4rec-rsc15").glob("checkpoint_*")), \
+            "the rsc15 training wrote no checkpoint under runs/gru4rec-rsc15"
+        ckpts = sorted((repo / "runs" / "gru4rec-ml100k").glob("checkpoint_*"))
+        assert ckpts, "training wrote no checkpoint under runs/gru4rec-ml100k"
         sm = versions["session_model"]
         assert Path(sm["path"]).resolve() == ckpts[-1].resolve(), sm
         store_path = repo / "outputs" / "daily-ml100k" / "recs.sqlite"
@@ -336,8 +345,9 @@ def test_readme_order_end_to_end(tmp_path):
         assert status == 200, blend
         assert blend["source"] == "blend" and blend["store_version"] == current.version, blend
         assert set(blend["items"]) & set(published) and set(blend["items"]) & set(srec["items"])
-        shared = len(set(catalog) & set(published))
-        print(f"blend for user {uid}: {blend['items']} (daily items also in the session "
-              f"model's catalog: {shared}/{len(published)})")
+        # one catalogue: every daily item is an item of the session model
+        assert set(published) <= set(catalog), sorted(set(published) - set(catalog))[:5]
+        assert set(blend["item_sources"]) <= {"daily", "session", "session+daily", "popularity"}
+        print(f"blend for user {uid}: {list(zip(blend['items'], blend['item_sources']))}")
     finally:
         _stop(proc)

@@ -429,6 +429,12 @@ def test_user_recs_daily_blend_filters_and_new_version(service, world):
                  params={"k": 10, "session_id": "u1-s", "blend_policy": "interleave"}).json()
     assert body["source"] == "blend"
     assert body["items"][1] == items[101] and body["items"][0] not in items[100:130]
+    # per item: interleaved session (even slots) and daily (odd slots) items, unless in both
+    daily_list = set(items[101:130])
+    assert len(body["item_sources"]) == len(body["items"])
+    assert body["item_sources"][1] in ("daily", "session+daily")
+    for it, src in zip(body["items"], body["item_sources"]):
+        assert (src in ("daily", "session+daily")) == (it in daily_list), (it, src)
     # category filter
     body = c.get("/users/u1/recommendations",
                  params={"k": 10, "include_categories": "c2"}).json()
@@ -438,6 +444,7 @@ def test_user_recs_daily_blend_filters_and_new_version(service, world):
     # unknown user -> popularity
     body = c.get("/users/nobody/recommendations", params={"k": 4}).json()
     assert body["source"] == "popularity" and len(body["items"]) == 4
+    assert body["item_sources"] == ["popularity"] * 4
     # a newly published version is served without a restart
     store.publish("v2", "2026-01-02", "daily-a", [("u2", items[300:320], [1.0] * 20)])
     body = c.get("/users/u2/recommendations", params={"k": 5}).json()

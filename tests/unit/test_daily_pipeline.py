@@ -320,6 +320,39 @@ def test_old_daily_keys_name_their_new_key():
             load_config(TrainJobConfig, None, ["model.name=daily_nn", old])
 
 
+def test_decay_multiplier_applies_to_the_learned_decay_and_is_harmless_without_it(tmp_path):
+    """``optim.lr_multipliers.decay`` (shipped in daily_ml100k.yaml) scales the learned decay's
+    group; the comparison table trains every variant from that one config, so variants without
+    a learned decay must train too. A name no variant has is an error naming the groups."""
+    from types import SimpleNamespace
+
+    from rayrec.models.daily_nn import DailyNNTask
+    from rayrec.platform.training.optim import build_optimizer
+
+    def job(decay, mult):
+        return load_config(TrainJobConfig, None, [
+            "model.name=daily_nn", f"model.decay={decay}", "model.hidden_sizes=[8,4]", "ray.use_ray=false",
+            "data.synthetic={n_users: 40, n_items: 30}", "data.valid_split=null", "train.epochs=1",
+            f"optim.lr_multipliers={{{mult}: 30.0}}", f"run.storage_path={tmp_path}", f"run.name={decay}_{mult}"])
+
+    one_rank = SimpleNamespace(item_range=None, n_items=30, seed=0, reduce_sum=lambda t: t,
+                               copy_to_parallel=lambda t: t, gather=lambda t, d: t)
+    for decay in ("learned", "parametric", "none"):
+        j = job(decay, "decay")
+        task = DailyNNTask(j)
+        module = task.build(one_rank, torch.Generator().manual_seed(0))
+        opt = build_optimizer(task.param_groups(module, j.optim.lr), j.optim, known=task.param_group_names)
+        lrs = {g.get("name"): g["lr"] for g in opt.param_groups}
+        assert lrs["main"] == pytest.approx(1e-3)
+        if decay == "learned":
+            assert lrs["decay"] == pytest.approx(3e-2)
+        else:
+            assert "decay" not in lrs
+        assert fit(j, log=lambda _m: None).metrics["epoch"] == 1
+    with pytest.raises(ValueError, match=r"no parameter group \['dekay'\]; the model has \['decay', 'main'\]"):
+        fit(job("learned", "dekay"), log=lambda _m: None)
+
+
 def test_baselines_and_decay_plot(day_data, tmp_path):
     cat = load_catalog(str(day_data), None)
     test = load_windows(str(day_data), "test", cat)

@@ -138,3 +138,13 @@ def test_blend_source_and_rank_scores():
     assert policy.blend_source(has_daily=False, has_session=False) == "popularity"
     assert policy.rank_scores(3) == [3.0, 2.0, 1.0]
     assert policy.rank_scores(0) == []
+
+
+def test_item_sources_say_where_each_blended_item_came_from():
+    session, daily = ["s1", "both", "s2"], ["d1", "both"]
+    items = policy.blend(session, daily, 6, "interleave")
+    assert items == ["s1", "d1", "both", "s2"]
+    items = policy.fill(items, ["p1", "s1", "p2"], 6)
+    assert policy.item_sources(items, session, daily) == [
+        "session", "daily", "session+daily", "session", "popularity", "popularity"]
+    assert policy.item_sources([], session, daily) == []
