@@ -29,15 +29,10 @@ batch, and computes the logits of its own contiguous slice of products ``[start,
   (all-reduce, gradient passed through) and :func:`gather_cat` (all-gather along a dim,
   gradient sliced): the collectives the hooks use.
 
-* :class:`ColumnParallelOutput` holds only its shard ``W[:, start:stop]`` ``(H, P_local)``.
-  Its forward is the identity on the hidden input followed by the local product; the
-  identity all-reduces the input's gradient in backward, so every rank gets the full
-  ``dL/dA_(L-1)`` (the sum over all shards) and the replicated hidden layers stay in step.
-* :func:`parallel_weighted_bce` evaluates eq. 3's weighted cross-entropy on the local columns
-  and all-reduces the sum, so every rank holds the full loss; its backward passes the
-  gradient through unchanged (each local term enters the global sum once).
-* :func:`parallel_topk` takes a local top-k, all-gathers the candidates and merges them:
-  the global top-k with *global* product ids, previous purchases excluded (section 5).
+  The daily model's input table rows and output layer columns are split this way
+  (``rayrec.models.daily_nn.DailyNN`` over a product range); eqs. 7-9 are sums over
+  products, so each rank's partial cost is joined with :func:`all_reduce_sum`, and a
+  catalog-wide top-K gathers the ranges' logits (:func:`gather_cat`).
 
 Shards follow ``numpy.array_split``: the first ``P % world_size`` ranks get one extra
 column.  Collectives use ``torch.distributed`` (gloo on CPU, any backend in general) and the
@@ -47,8 +42,7 @@ This module does not start Ray: the training job wires it into Ray Train / DeepS
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -56,18 +50,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rayrec.models.daily_nn import DailyNN, DailyNNConfig, SparseBatch
+from rayrec.models.daily_nn import DailyNN, DailyNNConfig
 
 __all__ = [
-    "ColumnParallelOutput",
     "all_reduce_sum",
     "copy_to_parallel",
     "full_state",
     "gather_cat",
     "install_collectives",
     "load_full_state",
-    "parallel_topk",
-    "parallel_weighted_bce",
     "shard_daily_nn",
     "shard_parameter_bytes",
     "shard_range",
@@ -173,207 +164,6 @@ def copy_to_parallel(x: torch.Tensor, group: Any = None) -> torch.Tensor:
 def all_reduce_sum(x: torch.Tensor, group: Any = None) -> torch.Tensor:
     """Differentiable all-reduce sum whose backward is the identity (see ``_AllReduceSum``)."""
     return _AllReduceSum.apply(x, group)
-
-
-class ColumnParallelOutput(nn.Module):
-    """One rank's column shard of the ``[H, P]`` output layer of eq. 3.
-
-    ``weight`` is ``(H, P_local)`` and ``bias`` ``(P_local,)`` for the products
-    ``[start, stop)``; ``forward(hidden (B, H)) -> local logits (B, P_local)``.  The shard is
-    initialised like ``nn.Linear`` (uniform in ``+-1/sqrt(H)``) from ``seed + rank`` when a
-    seed is given; :meth:`load_full_` copies the shard out of a full matrix instead.
-    """
-
-    def __init__(
-        self,
-        H: int,
-        P: int,
-        rank: int,
-        world_size: int,
-        *,
-        bias: bool = True,
-        group: Any = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__()
-        if H <= 0 or P <= 0:
-            raise ValueError(f"H and P must be positive, got H={H}, P={P}")
-        self.H, self.P, self.rank, self.world_size = int(H), int(P), int(rank), int(world_size)
-        self.start, self.stop = shard_range(self.P, self.rank, self.world_size)
-        self.group = group
-        p_local = self.stop - self.start
-        self.weight = nn.Parameter(torch.empty(self.H, p_local, dtype=dtype, device=device))
-        self.bias = nn.Parameter(torch.empty(p_local, dtype=dtype, device=device)) if bias else None
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=self.weight.device).manual_seed(int(seed) + self.rank)
-        bound = 1.0 / math.sqrt(self.H)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound, generator=gen)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound, generator=gen)
-
-    @property
-    def local_size(self) -> int:
-        return self.stop - self.start
-
-    def extra_repr(self) -> str:
-        return (
-            f"H={self.H}, P={self.P}, rank={self.rank}/{self.world_size}, "
-            f"columns=[{self.start}, {self.stop})"
-        )
-
-    @torch.no_grad()
-    def load_full_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        """Copy this rank's columns out of a full ``(H, P)`` weight and ``(P,)`` bias."""
-        if tuple(weight.shape) != (self.H, self.P):
-            raise ValueError(f"weight must be ({self.H}, {self.P}), got {tuple(weight.shape)}")
-        self.weight.copy_(weight[:, self.start : self.stop])
-        if bias is not None and self.bias is not None:
-            if tuple(bias.shape) != (self.P,):
-                raise ValueError(f"bias must be ({self.P},), got {tuple(bias.shape)}")
-            self.bias.copy_(bias[self.start : self.stop])
-
-    def _check_group(self) -> None:
-        if self.world_size > 1 and _world(self.group) != self.world_size:
-            raise RuntimeError(
-                f"ColumnParallelOutput(world_size={self.world_size}) needs an initialised "
-                f"torch.distributed process group of that size (found {_world(self.group)})"
-            )
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden (B, H) -> local logits (B, P_local)``; input grads are all-reduced."""
-        self._check_group()
-        if hidden.shape[-1] != self.H:
-            raise ValueError(f"hidden has {hidden.shape[-1]} features, expected H={self.H}")
-        x = copy_to_parallel(hidden, self.group)
-        out = x @ self.weight  # (B, P_local)
-        return out + self.bias if self.bias is not None else out
-
-    def local_targets(
-        self, targets: SparseBatch | Sequence[Iterable[int]], dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
-        """Dense ``(B, P_local)`` 0/1 targets of this shard from global-id purchase sets."""
-        return _local_mask(
-            targets, self.start, self.stop, dtype or self.weight.dtype, self.weight.device
-        )
-
-    def topk(
-        self, local_logits: torch.Tensor, k: int, exclude: Any = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`parallel_topk` with this shard's offset."""
-        return parallel_topk(local_logits, k, exclude, start=self.start, group=self.group)
-
-
-def _local_mask(
-    rows: SparseBatch | Sequence[Iterable[int]],
-    start: int,
-    stop: int,
-    dtype: torch.dtype,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Dense ``(B, stop - start)`` indicator of the global ids in ``rows`` within the shard."""
-    if isinstance(rows, SparseBatch):
-        r, ids = rows.row_ids(), rows.item_idx
-        B = rows.batch_size
-    else:
-        rows = [list(x) for x in rows]
-        B = len(rows)
-        r = torch.tensor([b for b, x in enumerate(rows) for _ in x], dtype=torch.long)
-        ids = torch.tensor([int(i) for x in rows for i in x], dtype=torch.long)
-    out = torch.zeros(B, stop - start, dtype=dtype, device=device)
-    r, ids = r.to(out.device), ids.to(out.device)
-    keep = (ids >= start) & (ids < stop)
-    out[r[keep], ids[keep] - start] = 1
-    return out
-
-
-def parallel_weighted_bce(
-    local_logits: torch.Tensor,
-    local_targets: torch.Tensor,
-    w1: float,
-    w0: float,
-    *,
-    group: Any = None,
-) -> torch.Tensor:
-    """Eq. 3's weighted cross-entropy over all ``P`` products, reduced across ranks.
-
-    ``-sum_p [w1 y_p log sigm(z_p) + w0 (1 - y_p) log(1 - sigm(z_p))]`` per customer, mean
-    over the batch (the same reduction as ``DailyNN.loss``).  ``local_targets (B, P_local)``
-    may be fractional (e.g. time-decayed auto-encoder labels).  Every rank returns the full
-    loss; backward gives each rank the gradient of its own columns.
-    """
-    if local_logits.shape != local_targets.shape:
-        raise ValueError(
-            f"local_logits {tuple(local_logits.shape)} and local_targets "
-            f"{tuple(local_targets.shape)} differ"
-        )
-    y = local_targets.to(local_logits.dtype)
-    z = local_logits
-    # -log sigm(z) = softplus(-z); -log(1 - sigm(z)) = softplus(z)
-    per = w1 * y * nn.functional.softplus(-z) + w0 * (1 - y) * nn.functional.softplus(z)
-    local = per.sum() / max(z.shape[0], 1)
-    return all_reduce_sum(local, group)
-
-
-def parallel_topk(
-    local_logits: torch.Tensor,
-    k: int,
-    exclude: torch.Tensor | SparseBatch | Sequence[Iterable[int]] | None = None,
-    *,
-    start: int | None = None,
-    group: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global top-``k`` ``(values (B, k), ids (B, k))`` from column-sharded logits.
-
-    ``exclude``: a local boolean mask ``(B, P_local)``, or per-row *global* ids (a
-    ``SparseBatch`` or a list of iterables), e.g. the customer's previous purchases, which
-    are never returned.  ``start`` is this rank's first global column; when omitted it is
-    derived by all-gathering the shard widths (array_split order by rank).  Where a row has
-    fewer than ``k`` eligible products (or ``k > P``) the tail is ``(-inf, -1)``.  Every
-    rank returns the same result; ties between equal scores are broken arbitrarily.
-    """
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    world = _world(group)
-    B, p_local = local_logits.shape  # (B, P_local)
-    if start is None:
-        sizes = _all_gather(
-            torch.tensor([p_local], dtype=torch.long, device=local_logits.device), group, world
-        )
-        rank = dist.get_rank(group) if world > 1 else 0
-        start = int(sum(int(s) for s in sizes[:rank]))
-    scores = local_logits.detach()
-    if exclude is not None:
-        if isinstance(exclude, torch.Tensor):
-            if exclude.shape != scores.shape:
-                raise ValueError(
-                    f"exclude mask {tuple(exclude.shape)} must match local_logits "
-                    f"{tuple(scores.shape)}"
-                )
-            mask = exclude.to(torch.bool)
-        else:
-            mask = _local_mask(exclude, start, start + p_local, torch.bool, scores.device)
-            if mask.shape[0] != B:
-                raise ValueError(f"exclude has {mask.shape[0]} rows, local_logits {B}")
-        scores = scores.masked_fill(mask, -math.inf)
-    kl = min(k, p_local)
-    vals, idx = torch.topk(scores, kl, dim=1)  # (B, kl)
-    ids = idx + start
-    if kl < k:  # pad so every rank contributes (B, k)
-        vals = torch.cat([vals, vals.new_full((B, k - kl), -math.inf)], dim=1)
-        ids = torch.cat([ids, ids.new_full((B, k - kl), -1)], dim=1)
-    if world > 1:
-        all_vals = torch.cat(_all_gather(vals.contiguous(), group, world), dim=1)  # (B, W*k)
-        all_ids = torch.cat(_all_gather(ids.contiguous(), group, world), dim=1)
-    else:
-        all_vals, all_ids = vals, ids
-    top_vals, pos = torch.topk(all_vals, k, dim=1)  # (B, k)
-    top_ids = torch.gather(all_ids, 1, pos)
-    top_ids = top_ids.masked_fill(torch.isneginf(top_vals), -1)
-    return top_vals, top_ids
 
 
 def _all_gather(t: torch.Tensor, group: Any, world: int) -> list[torch.Tensor]:
