@@ -626,11 +626,12 @@ def test_serve_config_yaml_is_valid():
     auto = args.session.autoscaling
     assert auto["max_replicas"] >= auto["min_replicas"]
     # the shipped configs agree: Serve reads what the daily job writes and the run dir the
-    # GRU4Rec training writes its checkpoints to
+    # session model's training (GRU4Rec on the daily job's data: one catalogue) writes to
     with open(_repo_file("jobs", "configs", "daily_ml100k.yaml")) as fh:
         daily = yaml.safe_load(fh)
-    with open(_repo_file("jobs", "configs", "gru4rec_rsc15.yaml")) as fh:
+    with open(_repo_file("jobs", "configs", "gru4rec_ml100k.yaml")) as fh:
         train = yaml.safe_load(fh)
+    assert train["data"]["path"].startswith(daily["work_dir"] + "/")
     assert args.daily.store_path == daily["store"]["path"]
     assert args.session.model_dir == f"{train['run']['storage_path']}/{train['run']['name']}"
     # Serve validates args into the builder's annotation (a typed app builder): bad args fail
