@@ -165,14 +165,9 @@ def _titles(ml100k: Path) -> dict[str, str]:
 
 
 def _http(method: str, url: str, body: dict | None = None) -> dict:
-    import json
-    import urllib.request
+    from rayrec.serve_apps.demo import http_json
 
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
+    return http_json(method, url, body)
 
 
 def composed_demo(cfg: DemoJobConfig, out: Path) -> None:

@@ -14,6 +14,15 @@ from rayrec.serve_apps.scoring import resolve_model_name, resolve_model_path
 __all__ = ["demo_request"]
 
 
+
+def http_json(method: str, url: str, body: dict | None = None, timeout: float = 60) -> dict:
+    """One JSON request to the app (the demos' client; ``urllib`` only)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
 def demo_request(
     args: RecommenderArgs | dict,
     items: list[str] | None = None,
@@ -41,13 +50,7 @@ def demo_request(
     base = f"http://127.0.0.1:{port}"
     events = {"events": [{"session_id": session_id, "item_id": i} for i in items]}
 
-    def call(method: str, url: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-
+    call = http_json
     print(f"POST {base}/events {json.dumps(events)}")
     print(" ->", json.dumps(call("POST", f"{base}/events", events)))
     url = f"{base}/sessions/{session_id}/recommendations?k={k}"
