@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from rayrec.models.registry import register
+from rayrec.models.registry import ModelSpec, register
 
 __all__ = [
     "PopConfig",
@@ -419,4 +419,4 @@ def fit(
 
 
 for _cfg, _fitter in _FITTERS.items():
-    register(_cfg.model_fields["name"].default, _cfg, _fitter, "baseline")
+    register(ModelSpec(_cfg.model_fields["name"].default, _cfg, _fitter, "baseline"))

@@ -66,11 +66,8 @@ PLUGIN_MODULES: dict[str, None] = {}
 BUILTIN_MODULES = ("rayrec.models.baselines", "rayrec.models.gru4rec", "rayrec.models.daily_nn")
 
 
-def register(spec: ModelSpec | str, config_cls: type | None = None, build: Callable[..., Any] | None = None,
-             kind: ModelKind | None = None) -> ModelSpec:
-    """Register ``spec`` (or the legacy ``name, config_cls, build, kind`` form for baselines)."""
-    if isinstance(spec, str):
-        spec = ModelSpec(spec, config_cls, build, kind)  # type: ignore[arg-type]
+def register(spec: ModelSpec) -> ModelSpec:
+    """Register ``spec``; another config class under a taken name is an error."""
     old = MODELS.get(spec.name)
     if old is not None and old.config_cls is not spec.config_cls:
         raise ValueError(f"model {spec.name!r} registered twice")

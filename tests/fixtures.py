@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rayrec.platform.config import load_config
@@ -28,3 +30,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for(pred: Callable[[], object], timeout: float, what: str, every: float = 0.2,
+             ignore: tuple[type[BaseException], ...] = ()):
+    """``pred()``'s first truthy value, polled every ``every`` s until ``timeout`` s have passed
+    (then ``TimeoutError`` naming ``what`` and the last value or ignored error). Exceptions of
+    the ``ignore`` types count as "not yet" (a server still starting)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            last = pred()
+            if last:
+                return last
+        except ignore as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+        time.sleep(every)

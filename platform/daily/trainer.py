@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayrec.models.daily_nn import DailyNN, local_batch
+from rayrec.models.daily_nn import DailyNN
 from rayrec.platform.checkpoint import load_model
 
-__all__ = ["load_daily_model", "local_batch"]
+__all__ = ["load_daily_model"]
 
 
 def load_daily_model(ck_dir: str) -> tuple[DailyNN, list[str], dict[str, Any]]:

@@ -58,8 +58,13 @@ class SessionFamily:
             raise TrainingInputError(
                 f"data.train_split uses item_idx {int(train.items.max())} but items.parquet has {len(item_ids)} items"
             )
-        valid = pdata.session_arrays(d.path, d.valid_split) if (with_valid and d.valid_split) else None
+        valid = SessionFamily.load_valid(job) if with_valid else None
         return TrainData(train, valid, item_ids, item_counts(train, len(item_ids)))
+
+    @staticmethod
+    def load_valid(job: Any) -> SessionArrays | None:
+        """The validation split alone (a data-parallel rank 0 has its training shard already)."""
+        return pdata.session_arrays(job.data.path, job.data.valid_split) if job.data.valid_split else None
 
     @staticmethod
     def metric_names(ks: Sequence[int]) -> list[str]:

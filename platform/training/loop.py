@@ -41,6 +41,7 @@ from rayrec.platform.checkpoint import load_checkpoint, save_checkpoint
 from rayrec.platform.training.config import TrainJobConfig
 from rayrec.platform.training.families import TrainData, TrainingInputError, family_of
 from rayrec.platform.training.optim import apply_hyperparameters, build_optimizer
+from rayrec.platform.training.tensor_parallel import shard_parameter_bytes
 
 __all__ = ["TrainingInputError", "WorkerContext", "run_local", "train_worker"]
 
@@ -228,6 +229,7 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
             return _zero3_state(module, lambda: task.full_state(env, module))
         return {k: v.detach().clone().cpu() for k, v in task.full_state(env, module).items()}
 
+    param_bytes = _gather_objects(shard_parameter_bytes(module), ctx.world)  # fixed for the run
     n_local = task.num_batches(env, tr.batch_size)
     if tr.max_steps_per_epoch:
         n_local = min(n_local, tr.max_steps_per_epoch)
@@ -298,8 +300,7 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
                 metrics["valid_split"] = job.data.valid_split
         if hasattr(task, "epoch_metrics"):
             metrics.update(task.epoch_metrics(env, module))
-        metrics["param_bytes_per_rank"] = _gather_objects(
-            sum(p.numel() * p.element_size() for p in module.parameters()), ctx.world)
+        metrics["param_bytes_per_rank"] = param_bytes
         metrics["peak_rss_mb_per_rank"] = _gather_objects(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, ctx.world)
         if ctx.rank == 0:

@@ -181,9 +181,7 @@ def _ray_worker(config: dict[str, Any]) -> None:
         shard = ray.train.get_dataset_shard("train")
         frames = list(shard.iter_batches(batch_format="pandas", batch_size=4096))
         train = family.from_rows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
-        valid = None
-        if rank == 0 and job.data.valid_split:
-            valid = family.load(job, with_valid=True).valid
+        valid = family.load_valid(job) if rank == 0 else None
         data = TrainData(train, valid, ray.get(config["item_ids"]),
                          np.asarray(ray.get(config["counts"]), dtype=np.int64))
     else:

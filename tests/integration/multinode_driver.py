@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.fixtures import free_port  # noqa: E402
+from tests.fixtures import free_port, wait_for  # noqa: E402
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
@@ -97,16 +97,6 @@ def node_ids(cluster) -> dict[str, str]:
     return out
 
 
-def _wait_for(pred, timeout: float, what: str, every: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        val = pred()
-        if val:
-            return val
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 # ---- preprocess -----------------------------------------------------------------------
 def scenario_preprocess(cluster, work: Path) -> dict[str, Any]:
     """The Ray Data pipeline on the cluster; its tasks' nodes; a single-process reference."""
@@ -133,7 +123,7 @@ def scenario_preprocess(cluster, work: Path) -> dict[str, Any]:
         done = [r for r in rows if r.state == "FINISHED" and r.node_id]
         return done if len(done) >= 2 else None
 
-    done = _wait_for(finished_tasks, 30, "the preprocessing tasks in the state API")
+    done = wait_for(finished_tasks, 30, "the preprocessing tasks in the state API")
     per_node: dict[str, int] = {}
     for r in done:
         per_node[r.node_id] = per_node.get(r.node_id, 0) + 1
@@ -228,7 +218,7 @@ def scenario_node_kill(cluster, work: Path) -> dict[str, Any]:
     th = threading.Thread(target=target, daemon=True)
     t0 = time.perf_counter()
     th.start()
-    _wait_for(lambda: _checkpoint_epochs(run_dir) or not th.is_alive(), 240, "the first checkpoint")
+    wait_for(lambda: _checkpoint_epochs(run_dir) or not th.is_alive(), 240, "the first checkpoint")
     before = _checkpoint_epochs(run_dir)
     if not before:
         raise RuntimeError(f"training ended before its first checkpoint: {box}")
@@ -344,7 +334,7 @@ def scenario_serve(cluster, work: Path) -> dict[str, Any]:
                 raise RuntimeError(f"deploy failed: {st.message}")
             return st is not None and str(st.status).endswith("RUNNING")
 
-        _wait_for(running, 180, "the recommender app to be RUNNING")
+        wait_for(running, 180, "the recommender app to be RUNNING")
         t_deploy = time.perf_counter() - t
         ingress, session = _replicas(cluster, "Ingress"), _replicas(cluster, "SessionRecommender")
         base = f"http://127.0.0.1:{port}"

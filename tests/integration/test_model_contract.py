@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,7 @@ from rayrec.platform.checkpoint import load_model
 from rayrec.platform.config import load_config
 from rayrec.platform.training.config import TrainJobConfig
 from rayrec.platform.training.trainer import fit
-from tests.fixtures import free_port, synthetic_sessions
+from tests.fixtures import free_port, synthetic_sessions, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -268,20 +267,6 @@ def test_evaluate_cli_imports_the_plugin_from_env(trained, data_root, tmp_path):
 
 
 # ---- serving ------------------------------------------------------------------------------
-def _wait(cond, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except Exception as exc:  # not up yet
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout_s}s (last: {last!r})")
-
-
 def test_serve_session_deployment_serves_the_toy_model(ray_session, trained, tmp_path):
     httpx = pytest.importorskip("httpx")
     from ray import serve
@@ -305,7 +290,8 @@ def test_serve_session_deployment_serves_the_toy_model(ray_session, trained, tmp
         port = int(_get_global_client().http_config.port)  # a running Serve keeps its own
         serve.run(build_app(args), name="toy", route_prefix="/toy")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/toy", timeout=60.0) as c:
-            _wait(lambda: c.get("/health").status_code == 200, "GET /health 200")
+            wait_for(lambda: c.get("/health").status_code == 200, 60, "GET /health 200",
+                     ignore=(Exception,))
             loaded = load_model(ck, kind="session")
             item_ids, scorer = loaded.item_ids, loaded.scorer()
             sessions = [[3, 7, 11], [0], [42, 5]]

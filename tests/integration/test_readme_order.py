@@ -48,7 +48,7 @@ import pytest
 import yaml
 
 from tests.conftest import SHARED_DATA, data_path
-from tests.fixtures import free_port
+from tests.fixtures import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "jobs" / "configs"
@@ -226,12 +226,23 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             pass
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    def group_gone() -> bool:
+        proc.poll()  # reap the leader, or the group stays visible
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, 0)
         except ProcessLookupError:
+            return True
+        return False
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if group_gone():
             break
-        time.sleep(wait)
+        os.killpg(proc.pid, sig)
+        try:
+            wait_for(group_gone, wait, "serve run's process group to exit")
+            break
+        except TimeoutError:
+            continue
 
 
 @pytest.mark.slow
@@ -282,20 +293,16 @@ def test_readme_order_end_to_end(tmp_path):
                                 cwd=repo, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        versions = None
-        while time.time() - t0 < 420:
+        def up() -> dict | None:
             if proc.poll() is not None:
-                break
-            try:
-                status, versions = _http("GET", f"{base}/versions")
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            versions = None
-            time.sleep(2)
-        tail = serve_log.read_text()[-6000:]
-        assert versions is not None, f"the app did not come up (serve run: {proc.poll()}):\n{tail}"
+                raise AssertionError(f"serve run exited {proc.poll()}:\n{serve_log.read_text()[-6000:]}")
+            status, body = _http("GET", f"{base}/versions")
+            return body if status == 200 else None
+
+        try:
+            versions = wait_for(up, 420, "GET /versions 200", every=2, ignore=(OSError,))
+        except TimeoutError as exc:
+            raise AssertionError(f"the app did not come up: {exc}\n{serve_log.read_text()[-6000:]}") from None
         print(f"serve run: up in {time.time() - t0:.0f}s")
 
         # what the app says it serves is what the jobs wrote

@@ -204,14 +204,9 @@ class _MeanPoolScorer:
         return torch.stack([self.model.emb[list(s)].mean(0) for s in sequences])
 
     def topk(self, encoded, k, exclude=None, item_mask=None):
-        s = encoded @ self.model.emb.T
-        for i, row in enumerate(exclude or []):
-            if row:
-                s[i, torch.as_tensor(row)] = -torch.inf
-        if item_mask is not None:
-            s[:, ~item_mask] = -torch.inf
-        v, i = torch.topk(s, k, dim=1)
-        return v, i.masked_fill(~torch.isfinite(v), -1)
+        from rayrec.ops_kernels import topk_scores
+
+        return topk_scores(encoded, self.model.emb, k, None, exclude, item_mask=item_mask)
 
 
 class _StepOnlyScorer(_MeanPoolScorer):
