@@ -8,7 +8,9 @@ Usage::
 
 Synthetic purchases (Zipf-like popularity, 8 inputs and 2 targets per user), hidden layers
 (64, 32), predictor variant with the parametric decay, batch 32, fp32 Adam.  Each training
-row is one ``fit`` run (``model.name: daily_nn``): epoch 1 warms up, epoch 2 is timed.  ``param MB/worker`` is
+row is one ``fit`` run (``model.name: daily_nn``): epoch 1 warms up, epoch 2 is timed; the
+input table takes row-sparse updates (``optim.sparse_item_rows``; ``--dense-too`` adds the
+dense rows).  ``param MB/worker`` is
 ``shard_parameter_bytes`` of each rank's model; ``peak RSS MB/worker`` is the worker
 process's max RSS (includes Python, torch and Ray, ~0.5 GB).  Batch prediction scores
 ``--users`` users with a P = 100k checkpoint, Ray Data ``map_batches`` with 2 actors vs
@@ -29,7 +31,8 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 from benchmarks._common import machine, table, today
 
 
-def _train_cfg(items: int, workers: int, users: int, steps: int, storage: str, checkpoint: bool = False):
+def _train_cfg(items: int, workers: int, users: int, steps: int, storage: str, checkpoint: bool = False,
+               sparse: bool = True):
     from rayrec.platform.config import apply_overrides
     from rayrec.platform.training.config import TrainJobConfig
 
@@ -40,20 +43,21 @@ def _train_cfg(items: int, workers: int, users: int, steps: int, storage: str, c
         "data.valid_split=null", "train.epochs=2", "train.batch_size=32", f"train.max_steps_per_epoch={steps}",
         "model.hidden_sizes=[64,32]", "model.variant=predictor", "model.decay=parametric", "model.ti=40",
         "model.dropout=0.0", "scaling.cpus_per_worker=1",
-        f"run.storage_path={storage}", f"run.name=bench_{items}_{workers}", f"run.checkpoint={str(checkpoint).lower()}",
+        f"run.storage_path={storage}", f"run.name=bench_{items}_{workers}_{int(sparse)}",
+        f"run.checkpoint={str(checkpoint).lower()}", f"optim.sparse_item_rows={str(sparse).lower()}",
         "ray.num_cpus=4",
     ]))
 
 
-def bench_train(items: int, workers: int, users: int, steps: int, storage: str) -> dict:
+def bench_train(items: int, workers: int, users: int, steps: int, storage: str, sparse: bool = True) -> dict:
     from rayrec.platform.training.trainer import fit
 
     t = time.perf_counter()
-    res = fit(_train_cfg(items, workers, users, steps, storage), log=lambda _m: None)
+    res = fit(_train_cfg(items, workers, users, steps, storage, sparse=sparse), log=lambda _m: None)
     wall = time.perf_counter() - t
     m = res.metrics
     return {
-        "P": items, "workers": workers,
+        "P": items, "workers": workers, "input table": "row-sparse" if sparse else "dense",
         "examples/s": float(m["examples_per_s"]),
         "loss": float(m["loss"]),
         "param MB/worker": "/".join(f"{b / 2**20:.0f}" for b in m["param_bytes_per_rank"]),
@@ -92,15 +96,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed steps per epoch")
     ap.add_argument("--predict-users", type=int, default=4000)
     ap.add_argument("--skip-predict", action="store_true")
+    ap.add_argument("--dense-too", action="store_true",
+                    help="also train with optim.sparse_item_rows=false (every input row updated each step)")
     args = ap.parse_args()
 
     from rayrec.platform.runtime import init_ray
 
     init_ray(None, 4, log_to_driver=False)
     storage = tempfile.mkdtemp(prefix="rayrec-bench-daily-")
-    rows = [bench_train(p, w, args.users, args.steps, storage) for p in args.items for w in args.workers]
+    modes = (True, False) if args.dense_too else (True,)
+    rows = [bench_train(p, w, args.users, args.steps, storage, sparse)
+            for p in args.items for w in args.workers for sparse in modes]
     print(f"# daily model training, {machine()}, {today()}")
-    print(table(rows, ["P", "workers", "examples/s", "loss", "param MB/worker", "peak RSS MB/worker",
+    print(table(rows, ["P", "workers", "input table", "examples/s", "loss", "param MB/worker", "peak RSS MB/worker",
                        "wall s (incl. start-up)"]))
     if not args.skip_predict:
         prow = bench_predict(args.predict_users, 100_000, storage)

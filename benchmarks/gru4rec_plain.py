@@ -83,7 +83,8 @@ def job_config(args: argparse.Namespace, storage: str) -> TrainJobConfig:
                 "mask_sample_hits": not args.no_mask_sample_hits,
             },
         },
-        "optim": {"name": args.optim, "lr": args.lr, "momentum": args.momentum},
+        "optim": {"name": args.optim, "lr": args.lr, "momentum": args.momentum,
+                  "sparse_item_rows": not args.dense_item_rows},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed},
         "scaling": {"torch_threads": args.threads},
         "run": {"storage_path": storage},
@@ -126,6 +127,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.2)
     ap.add_argument("--momentum", type=float, default=0.2)
     ap.add_argument("--optim", default="adagrad_momentum")
+    ap.add_argument("--dense-item-rows", action="store_true",
+                    help="optim.sparse_item_rows=false: update every item-table row each step (the old behaviour)")
     ap.add_argument("--dropout-hidden", type=float, default=0.4)
     ap.add_argument("--dropout-embed", type=float, default=0.0)
     ap.add_argument("--final-act", default="linear")

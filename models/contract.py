@@ -97,6 +97,11 @@ class TaskEnv:
     """Global training item counts (N,), identical on every rank (popularity, logQ)."""
     evaluate: Callable[..., dict[str, Any]]
     seed: int = 0
+    sparse_rows: bool = False
+    """Read the item tables (``TrainTask.item_tables``) through
+    ``rayrec.ops_kernels.gather_rows`` so their gradients are row-sparse: the loop's optimiser
+    then updates touched rows only and data-parallel ranks exchange only those rows
+    (``optim.sparse_item_rows``; always False under DeepSpeed, which takes dense gradients)."""
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
     """Autograd-aware all-reduce over the model-parallel group (identity on one rank)."""
     copy_to_parallel: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
@@ -172,3 +177,8 @@ class TrainTask(Protocol):
     def load_full_state(self, env: TaskEnv, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load an unsharded state into this rank's module (slicing under ``tensor``)."""
         ...
+
+    # optional: ``item_tables(module) -> list[nn.Parameter]``: the item-indexed tables (one row
+    # per item: embeddings, output weights and biases) that the task reads with
+    # ``gather_rows(table, idx, env.sparse_rows)``.  With ``env.sparse_rows`` the loop keeps
+    # them out of DDP and exchanges their touched rows (``platform/training/sparse_rows.py``).

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from rayrec.ops_kernels import decayed_embedding_bag
+from rayrec.ops_kernels import decayed_embedding_bag, gather_rows
 
 __all__ = [
     "DECAY_BUCKETS",
@@ -367,6 +367,7 @@ def decayed_input(
     start: int = 0,
     stop: int | None = None,
     backend: str | None = None,
+    rows_view=None,
 ) -> torch.Tensor:
     """The first layer's ``W1 Td(XT, decay)`` of eq. 6 with eq. 5's decay: ``(B, H1)``.
 
@@ -377,7 +378,9 @@ def decayed_input(
     Runs the fused ``rayrec.ops_kernels.decayed_embedding_bag`` (``RAYREC_KERNELS`` or
     ``backend``); differentiable in ``weight``. ``decay`` is a constant (the parametric decay;
     the learned decay of eq. 4 needs the gradient of the input values and stays an
-    ``embedding_bag`` with per-sample weights).
+    ``embedding_bag`` with per-sample weights).  ``rows_view(weight, local_idx) -> (table,
+    idx)``: look the rows up in another table (the batch's rows with a row-sparse gradient,
+    :meth:`DailyNN._rows_view`).
     """
     if batch.days_ago is None:
         raise ValueError("batch.days_ago is required for the decayed input (eq. 5)")
@@ -393,7 +396,8 @@ def decayed_input(
         offsets = torch.zeros_like(batch.offsets)
         offsets[1:] = torch.cumsum(torch.bincount(rows, minlength=batch.batch_size), 0)
         item_idx, days = item_idx[sel], days[sel]
-    return decayed_embedding_bag(weight, item_idx - start, offsets, days, decay, backend=backend)
+    table, idx = (weight, item_idx - start) if rows_view is None else rows_view(weight, item_idx - start)
+    return decayed_embedding_bag(table, idx, offsets, days, decay, backend=backend)
 
 
 # --------------------------------------------------------------------------------------
@@ -615,6 +619,9 @@ class DailyNN(nn.Module):
             self.conv_bias = nn.Parameter(torch.zeros(1))  # (1,): DeepSpeed cannot flatten 0-d
             self.conv_act = _ACTS[self.config.conv_activation or self.config.activation]
         self.dropout = nn.Dropout(self.config.dropout)
+        #: row-sparse input-table gradients (set by the task from ``TaskEnv.sparse_rows``; see
+        #: :attr:`sparse_input_possible`)
+        self.sparse_rows = False
         # collective hooks (identity: the whole catalog on one device)
         self.reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _identity
         self.copy_to_parallel: Callable[[torch.Tensor], torch.Tensor] = _identity
@@ -633,6 +640,22 @@ class DailyNN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_items={self.num_items}, products=[{self.start}, {self.stop})"
+
+    @property
+    def sparse_input_possible(self) -> bool:
+        """Whether a step's input-table gradient is confined to the batch's products: not with
+        eq. 4's learned decay (its ``Act(wb)`` reaches every product's row) nor with L2 on the
+        weights (eq. 3's ``lambda |W1|^2`` has a gradient on every row).  The output layer is
+        dense by definition (eq. 7 costs every product)."""
+        return self.config.decay != "learned" and self.config.l2 == 0
+
+    def _rows_view(self, weight: torch.Tensor, item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(table, idx)`` to look ``item_idx`` up in: with :attr:`sparse_rows` the batch's unique
+        rows of ``weight`` (gathered with a row-sparse gradient) and indices into them."""
+        if not self.sparse_rows or not torch.is_grad_enabled():
+            return weight, item_idx
+        rows, inv = torch.unique(item_idx, return_inverse=True)
+        return gather_rows(weight, rows, True, "input_layer.weight"), inv
 
     # ---- input weighting --------------------------------------------------------------
     def input_weights(self, batch: SparseBatch) -> torch.Tensor:
@@ -667,7 +690,7 @@ class DailyNN(nn.Module):
         sharded = self.is_sharded
         if self.config.decay == "parametric":  # eqs. 5-6, fused decayed embedding-bag
             stop = self.stop if sharded else None
-            return decayed_input(weight, batch, self.weights.ti, keep, self.start, stop)
+            return decayed_input(weight, batch, self.weights.ti, keep, self.start, stop, rows_view=self._rows_view)
         w = self.input_weights(batch)  # (nnz,)
         if self.config.decay == "learned":
             # w depends on the replicated kernel but each range uses only its own products'
@@ -678,9 +701,15 @@ class DailyNN(nn.Module):
         if sharded:
             sel = (batch.item_idx >= self.start) & (batch.item_idx < self.stop)  # (nnz,)
             loc = local_batch(batch, self.start, self.stop)
-            partial = self.input_layer(loc.item_idx, loc.offsets, per_sample_weights=w[sel])
+            idx, offsets, w = loc.item_idx, loc.offsets, w[sel]
         else:
-            partial = self.input_layer(batch.item_idx, batch.offsets, per_sample_weights=w)
+            idx, offsets = batch.item_idx, batch.offsets
+        if self.sparse_rows and self.sparse_input_possible:
+            table, idx = self._rows_view(weight, idx)
+            partial = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=w,
+                                      include_last_offset=True)
+        else:
+            partial = self.input_layer(idx, offsets, per_sample_weights=w)
         if self.config.decay == "learned":
             base = self.copy_to_parallel(self.conv_act(self.conv_bias))  # Act(wb), every product
             partial = partial + base * weight.sum(dim=0)  # (H1,) broadcast
@@ -844,7 +873,13 @@ class DailyNNTask:
         model = DailyNN(env.n_items, self.cfg, seed=env.seed, start=start, stop=stop)
         model.reduce_sum, model.copy_to_parallel, model.gather = (
             env.reduce_sum, env.copy_to_parallel, env.gather)
+        model.sparse_rows = env.sparse_rows and model.sparse_input_possible
         return model
+
+    def item_tables(self, module: nn.Module) -> list[nn.Parameter]:
+        """The input table when its gradient can be row-sparse (a customer's purchases touch
+        few products; :attr:`DailyNN.sparse_input_possible`)."""
+        return [module.input_layer.weight] if getattr(module, "sparse_rows", False) else []
 
     def param_groups(self, module: nn.Module, lr: float) -> list[dict]:
         named = list(module.named_parameters())

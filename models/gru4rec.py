@@ -55,9 +55,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 from rayrec.models.losses import LossConfig, sampled_loss
-from rayrec.models.samplers import PopularitySampler, logq_tables
+from rayrec.models.samplers import logq_tables, make_sampler
 from rayrec.models.session_parallel import session_parallel_batches
-from rayrec.ops_kernels import gru_step, topk_scores
+from rayrec.ops_kernels import gather_rows, gru_step, topk_scores
 
 __all__ = ["GRU4RecConfig", "GRU4Rec", "GRU4RecScorer", "build"]
 
@@ -161,6 +161,9 @@ class GRU4Rec(nn.Module):
         self.cfg = cfg
         self.n_items = int(n_items)
         self.layers = tuple(cfg.layers)
+        #: row-sparse gradients for the item tables (``ops_kernels.gather_rows``); set by the
+        #: training task from ``TaskEnv.sparse_rows``
+        self.sparse_rows = False
         self.one_hot = (not cfg.constrained_embedding) and cfg.embedding == 0
         h_last = self.layers[-1]
         self.Wy = nn.Parameter(torch.empty(n_items, h_last))
@@ -221,8 +224,8 @@ class GRU4Rec(nn.Module):
         if self.one_hot:
             x = None
         else:
-            table = self.Wy if self.E is None else self.E
-            x = table.index_select(0, items)  # (B, n_in)
+            table, name = (self.Wy, "Wy") if self.E is None else (self.E, "E")
+            x = gather_rows(table, items, self.sparse_rows, name)  # (B, n_in)
             if self.cfg.dropout_p_embed > 0.0 and self.training:
                 x = F.dropout(x, self.cfg.dropout_p_embed, training=True)
         new_hidden: list[torch.Tensor] = []
@@ -230,7 +233,7 @@ class GRU4Rec(nn.Module):
         for li in range(len(self.layers)):
             h_prev = hidden[li]  # (B, H)
             if x is None:  # one-hot input: x @ Wx0 is the item's row of Wx0
-                gx = self.Wx[li].index_select(0, items) + self.b[li]  # (B, 3H)
+                gx = gather_rows(self.Wx[li], items, self.sparse_rows, "Wx0") + self.b[li]  # (B, 3H)
             else:
                 gx = torch.addmm(self.b[li], x, self.Wx[li])  # (B, 3H)
             # seed 003 section 2.2: r, z = sigmoid(gx + h Wrz); c = tanh(gx_h + (r * h) Wh);
@@ -264,8 +267,8 @@ class GRU4Rec(nn.Module):
         if item_idx is None:
             w, bias = self.Wy, self.By  # (N, H), (N,)
         else:
-            w = self.Wy.index_select(0, item_idx)  # (C, H)
-            bias = None if self.By is None else self.By.index_select(0, item_idx)  # (C,)
+            w = gather_rows(self.Wy, item_idx, self.sparse_rows, "Wy")  # (C, H)
+            bias = None if self.By is None else gather_rows(self.By, item_idx, self.sparse_rows, "By")
         s = out @ w.t() if bias is None else torch.addmm(bias, out, w.t())  # (B, C)
         return self._final(s)
 
@@ -405,11 +408,12 @@ class GRU4RecTask:
     def build(self, env, generator: torch.Generator) -> nn.Module:
         model = GRU4Rec(self.cfg, env.n_items)
         model.reset_parameters(generator)  # identical init on every rank
+        model.sparse_rows = env.sparse_rows
         lc = self.cfg.loss
         self.sampler = None
         if lc.n_sample > 0:
             sgen = torch.Generator().manual_seed(env.seed + 17)
-            self.sampler = PopularitySampler(env.train_counts, lc.sample_alpha, lc.sample_store_size, sgen)
+            self.sampler = make_sampler(lc.sampler, env.train_counts, lc.sample_alpha, lc.sample_store_size, sgen)
         self.n_sample = lc.n_sample if self.sampler is not None else 0
         self.logq = None
         if lc.name == "cross-entropy" and lc.logq > 0:
@@ -422,13 +426,30 @@ class GRU4RecTask:
         """ZeRO-3: the output item table is used by ``score``, outside ``GRU4Rec.forward``."""
         return [module.model.Wy]
 
+    def item_tables(self, module: SampledStep) -> list[nn.Parameter]:
+        """Row-sparse under ``env.sparse_rows``: the output weights and bias (also the input
+        embedding when constrained), the input embedding ``E``, the one-hot input weights."""
+        m = module.model
+        tables = [m.Wy] + [t for t in (m.By, m.E) if t is not None]
+        return tables + ([m.Wx[0]] if m.one_hot else [])
+
     def param_groups(self, module: nn.Module, lr: float) -> list[dict]:
         return [{"params": list(module.parameters())}]
 
     def num_batches(self, env, batch_size: int) -> int:
-        return sum(1 for _ in session_parallel_batches(env.train, batch_size))
+        return self.n_batches(env, batch_size)
+
+    def n_batches(self, env, batch_size: int) -> int:
+        key = (id(env.train), batch_size)
+        if getattr(self, "_n_batches", (None, 0))[0] != key:
+            self._n_batches = (key, sum(1 for _ in session_parallel_batches(env.train, batch_size)))
+        return self._n_batches[1]
 
     def batches(self, env, module: SampledStep, epoch: int, batch_size: int, rng):
+        if self.sampler is not None:  # this epoch's negatives, drawn per (seed, epoch) in one store
+            need = self.n_batches(env, batch_size) * self.n_sample
+            self.sampler.reseed(torch.Generator().manual_seed(env.seed * 7919 + 17 + epoch),
+                                max(1, min(self.cfg.loss.sample_store_size, need)))
         hidden = [h.to(self.device) for h in module.model.init_hidden(batch_size)]
         self.hidden = hidden
         for inputs, targets, reset, keep in session_parallel_batches(env.train, batch_size, self.shuffle, rng):

@@ -65,7 +65,8 @@ class LossConfig(BaseModel):
     ``n_sample``: S, extra negatives per mini-batch shared by all rows (0 = mini-batch
     negatives only, as in seed 003). ``sample_alpha``: they are drawn from popularity^alpha
     (0 = uniform, 1 = popularity). ``sample_store_size``: how many samples are pre-generated
-    at once. ``mask_sample_hits``: also mask extra samples equal to the row's target
+    at once, by inverse CDF (``sampler: cdf``, O(log N) per draw) or the alias method
+    (``sampler: alias``, O(1) per draw; same distribution). ``mask_sample_hits``: also mask extra samples equal to the row's target
     (mini-batch duplicates of the target are always masked). ``logq_mode``: how log Q of a
     column is computed (see ``rayrec.models.samplers.logq_tables``): ``expected`` = log of the
     item's expected number of occurrences among the B + S columns; ``official`` = the
@@ -80,6 +81,7 @@ class LossConfig(BaseModel):
     n_sample: int = 2048
     sample_alpha: float = 0.5
     sample_store_size: int = 10_000_000
+    sampler: Literal["cdf", "alias"] = "cdf"
     mask_sample_hits: bool = True
     logq_mode: Literal["expected", "official"] = "expected"
 

@@ -60,16 +60,21 @@ def _softmax_valid(s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def _forward_backward(s, valid, name, bpreg, adj):
     """Per-row losses (B,) and d(loss_i)/d s_i. (B, C), all fp32."""
     b = s.shape[0]
+    if name == "cross-entropy":  # one pass: max, exp, sum give both the loss and the softmax
+        z = s if adj is None else s - adj.unsqueeze(0)
+        keep = valid.clone()
+        keep[:, :b].fill_diagonal_(True)
+        zm = z.masked_fill(~keep, float("-inf"))  # (B, C); the positive is always kept
+        m = zm.amax(1, keepdim=True)  # (B, 1), finite
+        e = torch.exp(zm - m)  # (B, C), 0 where masked
+        tot = e.sum(1, keepdim=True)  # (B, 1) >= 1
+        loss = torch.log(tot.squeeze(1)) + m.squeeze(1) - z.diagonal()
+        grad = e.div_(tot)
+        grad[:, :b].diagonal().sub_(1.0)
+        return loss, grad
     eye = torch.zeros_like(valid)
     eye[:, :b].fill_diagonal_(True)
     pos = s.diagonal()[:, None]  # (B, 1)
-    if name == "cross-entropy":
-        z = s if adj is None else s - adj.unsqueeze(0)
-        keep = valid | eye
-        sm = _softmax_valid(z, keep)
-        zm = z.masked_fill(~keep, float("-inf"))
-        loss = torch.logsumexp(zm, 1) - z.diagonal()
-        return loss, sm - eye.to(s.dtype)
     w = _softmax_valid(s, valid)  # (B, C)
     if name == "bpr-max":
         sig = torch.sigmoid(pos - s)  # (B, C)

@@ -54,9 +54,14 @@ class SessionFamily:
                 f"data.train_split {d.train_split!r} has {train.n_events} event(s) in "
                 f"{train.n_sessions} session(s) and no session with 2 or more events: nothing to train on"
             )
-        if train.items.max() >= len(item_ids):
+        bad = np.flatnonzero((train.items < 0) | (train.items >= len(item_ids)))
+        if bad.size:  # never reaches a step: item tables have exactly len(item_ids) rows
+            e = int(bad[0])
+            s = int(np.searchsorted(train.offsets, e, side="right") - 1)
             raise TrainingInputError(
-                f"data.train_split uses item_idx {int(train.items.max())} but items.parquet has {len(item_ids)} items"
+                f"data.train_split {d.train_split!r}: event {e} (session {s}) has item_idx "
+                f"{int(train.items[e])}, outside items.parquet's {len(item_ids)} items "
+                f"(0..{len(item_ids) - 1}); {bad.size} event(s) in all: re-run preprocess"
             )
         valid = SessionFamily.load_valid(job) if with_valid else None
         return TrainData(train, valid, item_ids, item_counts(train, len(item_ids)))

@@ -41,6 +41,7 @@ from rayrec.platform.checkpoint import load_checkpoint, save_checkpoint
 from rayrec.platform.training.config import TrainJobConfig
 from rayrec.platform.training.families import TrainData, TrainingInputError, family_of
 from rayrec.platform.training.optim import apply_hyperparameters, build_optimizer
+from rayrec.platform.training.sparse_rows import ddp_ignore, sync_item_grads
 from rayrec.platform.training.tensor_parallel import shard_parameter_bytes
 
 __all__ = ["TrainingInputError", "WorkerContext", "run_local", "train_worker"]
@@ -88,6 +89,23 @@ def _gather_objects(value: Any, world: int) -> list[Any]:
     out: list[Any] = [None] * world
     dist.all_gather_object(out, value)
     return out
+
+
+@torch.no_grad()
+def _replica_spread(module: nn.Module, world: int) -> float:
+    """Data parallel: the largest difference between ranks of any parameter's float64 sum and
+    sum of squares (0.0 when the replicas are identical, as DDP and the row-sparse exchange
+    of ``sync_item_grads`` must keep them).  A diverged replica is an error."""
+    stats = torch.stack([torch.stack([p.double().sum(), p.double().pow(2).sum()])
+                         for p in module.parameters()]).flatten().cpu()  # (2 P,)
+    all_stats = [torch.empty_like(stats) for _ in range(world)]
+    dist.all_gather(all_stats, stats)
+    st = torch.stack(all_stats)  # (world, 2 P)
+    spread = float((st.max(0).values - st.min(0).values).abs().max())
+    scale = float(st.abs().max()) or 1.0
+    if spread > 1e-6 * scale:
+        raise RuntimeError(f"data-parallel replicas diverged: parameter sums differ by {spread:.3g} between ranks")
+    return spread
 
 
 def _jsonable(m: dict[str, Any]) -> dict[str, Any]:
@@ -161,11 +179,14 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
     torch.manual_seed(seed)
     device = torch.device("cuda", torch.cuda.current_device()) if sc.use_gpu else torch.device("cpu")
     d = ctx.data
+    # row-sparse item tables (optim.sparse_item_rows): DeepSpeed's ZeRO takes dense gradients
+    sparse_rows = job.optim.sparse_item_rows and sc.engine != "deepspeed"
     env = TaskEnv(rank=ctx.rank, world=ctx.world, device=device, item_ids=d.item_ids, train=d.train,
                   valid=d.valid, train_counts=d.counts, evaluate=family.evaluate, seed=seed, log=ctx.log,
-                  **_collectives(ctx.rank, ctx.world, len(d.item_ids), tensor))
+                  sparse_rows=sparse_rows, **_collectives(ctx.rank, ctx.world, len(d.item_ids), tensor))
     task = spec.task(job)
     module = task.build(env, torch.Generator().manual_seed(tr.seed)).to(device)
+    item_tables = list(task.item_tables(module)) if sparse_rows and hasattr(task, "item_tables") else []
     optimizer = build_optimizer(task.param_groups(module, job.optim.lr), job.optim,
                                 known=getattr(task, "param_group_names", ()))
     # optimiser state is checkpointed whole from rank 0: exact when every rank holds the same
@@ -220,9 +241,12 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
             engine.load_checkpoint(ds_restore, tag=DS_TAG, load_optimizer_states=True)
         forward = engine
     elif ctx.world > 1 and not tensor:
+        if item_tables:  # exchanged row-sparse by sync_item_grads, never densely by DDP
+            ddp_ignore(module, item_tables)
         forward = nn.parallel.DistributedDataParallel(module)
     else:
         forward = module
+    sync_rows = item_tables if (engine is None and ctx.world > 1 and not tensor) else []
 
     def full_state() -> dict[str, torch.Tensor]:  # collective under ZeRO-3 / tensor parallel
         if zero3:
@@ -236,8 +260,9 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
     n_steps = _all_max(n_local, ctx.world) if not tensor else n_local
 
     for epoch in range(start_epoch, tr.epochs):
-        if tensor:
-            torch.manual_seed(tr.seed * 7919 + epoch)  # same dropout / noise on every rank
+        # dropout / input noise drawn per (seed, epoch): a resumed epoch draws what the
+        # uninterrupted run drew; tensor parallel: the same on every rank
+        torch.manual_seed(seed * 7919 + epoch)
         t0 = time.perf_counter()
         module.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -262,6 +287,7 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
             else:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                sync_item_grads(sync_rows, ctx.world)
                 optimizer.step()
             if real:
                 loss_sum += loss.detach().double() * n
@@ -300,6 +326,8 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
                 metrics["valid_split"] = job.data.valid_split
         if hasattr(task, "epoch_metrics"):
             metrics.update(task.epoch_metrics(env, module))
+        if ctx.world > 1 and not tensor and engine is None:
+            metrics["replica_max_diff"] = _replica_spread(module, ctx.world)
         metrics["param_bytes_per_rank"] = param_bytes
         metrics["peak_rss_mb_per_rank"] = _gather_objects(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, ctx.world)

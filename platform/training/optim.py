@@ -1,16 +1,37 @@
-"""Optimisers for GRU4Rec (seed 003 section 4: "we found adagrad to give better results").
+"""Optimisers of the training loop, dense and row-sparse (catalog-scale training).
 
-:class:`AdagradMomentum` is Adagrad (Duchi et al. 2011) with classical momentum on the
-Adagrad-scaled step, as used by the authors' later implementations::
+Item tables (input embeddings, output weights and biases: ``N`` rows, one per item) are read
+through ``rayrec.ops_kernels.gather_rows`` when ``optim.sparse_item_rows`` is on, so their
+gradient is row-sparse: only the rows a step touched.  Every optimiser here takes both kinds of
+gradient; a row-sparse one updates the touched rows' state and weights and nothing else, so a
+step costs ``O(touched rows * H)`` instead of ``O(N * H)``.  With ``R`` the (unique) rows of the
+step, ``g_r`` their summed gradients (plus ``weight_decay * theta_r``):
 
-    acc   <- acc + g^2
-    v     <- momentum * v - lr * g / sqrt(acc + eps)
-    theta <- theta + v
+(A) :class:`AdagradMomentum` -- Adagrad (Duchi et al. 2011) with classical momentum on the
+    Adagrad-scaled step, as in the GRU4Rec authors' indexed optimiser (seed 003 section 4:
+    "we found adagrad to give better results")::
 
-With ``momentum == 0`` it is plain Adagrad (``eps`` inside the square root). Gradients are
-plain dense ``p.grad`` tensors and all state lives in ``self.state`` (tensors ``acc`` and
-``mom``), so ``state_dict`` / ``load_state_dict`` round-trip and DeepSpeed can wrap it as a
-client optimiser.
+        acc_r   <- acc_r + g_r^2
+        v_r     <- momentum * v_r - lr * g_r / sqrt(acc_r + eps)
+        theta_r <- theta_r + v_r                       for r in R; other rows unchanged
+
+    A dense gradient is the case ``R`` = every row (then untouched-by-data rows still decay
+    their velocity into the weights, which the indexed form never does).  ``momentum == 0``
+    is plain Adagrad (``eps`` inside the square root).
+
+(B) :class:`LazyAdam` -- Adam (Kingma & Ba 2015, Algorithm 1) on the touched rows::
+
+        m_r <- b1 m_r + (1 - b1) g_r;   s_r <- b2 s_r + (1 - b2) g_r^2
+        theta_r <- theta_r - lr / (1 - b1^t) * m_r / (sqrt(s_r) / sqrt(1 - b2^t) + eps)
+
+    ``t`` counts the parameter's steps; a row touched at every step follows dense Adam
+    exactly; an untouched row keeps its moments and weights (no decay of stale moments).
+
+(C) :class:`LazySGD` -- ``v_r <- momentum * v_r + g_r; theta_r <- theta_r - lr * v_r``.
+
+All state lives in ``self.state`` (tensors), so ``state_dict`` / ``load_state_dict``
+round-trip and DeepSpeed can wrap these as client optimisers (with dense gradients: ZeRO
+partitions dense gradients only, so the DeepSpeed engine trains with dense item tables).
 """
 
 from __future__ import annotations
@@ -24,7 +45,7 @@ from pydantic import Field, field_validator
 
 from rayrec.platform.config import StrictModel
 
-__all__ = ["AdagradMomentum", "OptimConfig", "apply_hyperparameters", "build_optimizer", "param_groups"]
+__all__ = ["AdagradMomentum", "LazyAdam", "LazySGD", "OptimConfig", "apply_hyperparameters", "build_optimizer", "param_groups"]
 
 
 class OptimConfig(StrictModel):
@@ -32,7 +53,9 @@ class OptimConfig(StrictModel):
     (adagrad_momentum, sgd); ``eps`` (inside the sqrt for Adagrad, Adam's eps for adam);
     ``weight_decay`` (L2 added to the gradient); ``lr_multipliers``: per named parameter group
     of the model's task (e.g. ``decay`` for the daily model's learned time decay), the group's
-    learning rate is ``lr * multiplier``."""
+    learning rate is ``lr * multiplier``; ``sparse_item_rows``: item tables take row-sparse
+    gradients and indexed updates (module docstring; ignored by the DeepSpeed engine, which
+    needs dense gradients)."""
 
     name: Literal["adagrad", "adagrad_momentum", "adam", "sgd"] = "adagrad_momentum"
     lr: float = 0.2
@@ -40,6 +63,7 @@ class OptimConfig(StrictModel):
     eps: float = 1e-6
     weight_decay: float = 0.0
     lr_multipliers: dict[str, float] = Field(default_factory=dict)
+    sparse_item_rows: bool = True
 
     @field_validator("lr_multipliers")
     @classmethod
@@ -71,34 +95,17 @@ class OptimConfig(StrictModel):
         return v
 
 
-class AdagradMomentum(torch.optim.Optimizer):
-    """Adagrad with momentum (see module docstring). Dense gradients only."""
+class _RowSparseOptimizer(torch.optim.Optimizer):
+    """Base of the optimisers below: dense gradients take the dense update (``foreach`` over
+    the group), row-sparse gradients (``ops_kernels.gather_rows``) the indexed update of the
+    touched rows only.  Subclasses give ``_dense(group, params, grads)`` and
+    ``_rows(group, p, rows, values)`` (``rows`` unique, ``values`` summed per row)."""
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 0.2,
-        momentum: float = 0.0,
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-    ) -> None:
-        if not lr > 0.0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if not eps > 0.0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if weight_decay < 0.0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        defaults = {"lr": lr, "momentum": momentum, "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults)
-
-    def _state_for(self, p: torch.Tensor, momentum: float) -> dict[str, torch.Tensor]:
+    def _state(self, p: torch.Tensor, names: tuple[str, ...]) -> dict[str, Any]:
         st = self.state[p]
-        if "acc" not in st:
-            st["acc"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if momentum > 0.0 and "mom" not in st:
-            st["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        for n in names:
+            if n not in st:
+                st[n] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return st
 
     @torch.no_grad()
@@ -108,28 +115,162 @@ class AdagradMomentum(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, mom, eps, wd = group["lr"], group["momentum"], group["eps"], group["weight_decay"]
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = []
-            for p in params:
+            wd = group["weight_decay"]
+            dense_p, dense_g = [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 if p.grad.is_sparse:
-                    raise RuntimeError("AdagradMomentum takes dense gradients only")
-                grads.append(p.grad if wd == 0.0 else p.grad.add(p, alpha=wd))
-            states = [self._state_for(p, mom) for p in params]
-            accs = [s["acc"] for s in states]
-            torch._foreach_addcmul_(accs, grads, grads)  # acc += g^2
-            denom = torch._foreach_add(accs, eps)
-            torch._foreach_sqrt_(denom)  # sqrt(acc + eps)
-            if mom > 0.0:
-                moms = [s["mom"] for s in states]
-                torch._foreach_mul_(moms, mom)
-                torch._foreach_addcdiv_(moms, grads, denom, value=-lr)  # v = m v - lr g / d
-                torch._foreach_add_(params, moms)
-            else:
-                torch._foreach_addcdiv_(params, grads, denom, value=-lr)
+                    g = p.grad.coalesce()  # duplicate rows summed, rows sorted and unique
+                    rows, vals = g.indices()[0], g.values()
+                    if rows.numel() == 0:
+                        continue
+                    if wd != 0.0:
+                        vals = vals.add(p.index_select(0, rows), alpha=wd)
+                    self._rows(group, p, rows, vals)
+                else:
+                    dense_p.append(p)
+                    dense_g.append(p.grad if wd == 0.0 else p.grad.add(p, alpha=wd))
+            if dense_p:
+                self._dense(group, dense_p, dense_g)
         return loss
+
+
+def _check_common(lr: float, momentum: float, eps: float, weight_decay: float) -> None:
+    if not lr > 0.0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if not eps > 0.0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if weight_decay < 0.0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+
+class AdagradMomentum(_RowSparseOptimizer):
+    """Adagrad with momentum (module docstring, eq. A). Row-sparse gradients update only
+    their rows' ``acc``, ``mom`` and weights (the authors' indexed variant)."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.2, momentum: float = 0.0,
+                 eps: float = 1e-6, weight_decay: float = 0.0) -> None:
+        _check_common(lr, momentum, eps, weight_decay)
+        super().__init__(params, {"lr": lr, "momentum": momentum, "eps": eps, "weight_decay": weight_decay})
+
+    def _names(self, group) -> tuple[str, ...]:
+        return ("acc", "mom") if group["momentum"] > 0.0 else ("acc",)
+
+    def _dense(self, group, params, grads) -> None:
+        lr, mom, eps = group["lr"], group["momentum"], group["eps"]
+        states = [self._state(p, self._names(group)) for p in params]
+        accs = [s["acc"] for s in states]
+        torch._foreach_addcmul_(accs, grads, grads)  # acc += g^2
+        denom = torch._foreach_add(accs, eps)
+        torch._foreach_sqrt_(denom)  # sqrt(acc + eps)
+        if mom > 0.0:
+            moms = [s["mom"] for s in states]
+            torch._foreach_mul_(moms, mom)
+            torch._foreach_addcdiv_(moms, grads, denom, value=-lr)  # v = m v - lr g / d
+            torch._foreach_add_(params, moms)
+        else:
+            torch._foreach_addcdiv_(params, grads, denom, value=-lr)
+
+    def _rows(self, group, p, rows, vals) -> None:
+        lr, mom, eps = group["lr"], group["momentum"], group["eps"]
+        st = self._state(p, self._names(group))
+        acc = st["acc"].index_select(0, rows).addcmul_(vals, vals)  # (R, ...) acc_r + g_r^2
+        st["acc"].index_copy_(0, rows, acc)
+        denom = acc.add_(eps).sqrt_()
+        if mom > 0.0:
+            v = st["mom"].index_select(0, rows).mul_(mom).addcdiv_(vals, denom, value=-lr)
+            st["mom"].index_copy_(0, rows, v)
+            p.index_add_(0, rows, v)
+        else:
+            p.index_add_(0, rows, vals / denom, alpha=-lr)
+
+
+class LazyAdam(_RowSparseOptimizer):
+    """Adam (Kingma & Ba 2015, Algorithm 1; eq. B of the module docstring) whose row-sparse
+    gradients update only their rows' moments and weights ("lazy" Adam): the bias correction
+    uses the parameter's step count, so a row touched at every step follows Adam exactly."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        _check_common(lr, 0.0, eps, weight_decay)
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        super().__init__(params, {"lr": lr, "betas": (b1, b2), "eps": eps, "weight_decay": weight_decay})
+
+    def _step_of(self, p) -> tuple[dict[str, Any], float]:
+        st = self._state(p, ("exp_avg", "exp_avg_sq"))
+        st["step"] = int(st.get("step", 0)) + 1
+        return st, float(st["step"])
+
+    def _coeffs(self, group, t: float) -> tuple[float, float]:
+        b1, b2 = group["betas"]
+        return group["lr"] / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t)
+
+    def _dense(self, group, params, grads) -> None:
+        b1, b2 = group["betas"]
+        states, steps, bc2s = [], [], []
+        for p in params:
+            st, t = self._step_of(p)
+            step_size, bc2 = self._coeffs(group, t)
+            states.append(st)
+            steps.append(-step_size)
+            bc2s.append(bc2)
+        ms = [st["exp_avg"] for st in states]
+        vs = [st["exp_avg_sq"] for st in states]
+        torch._foreach_lerp_(ms, grads, 1.0 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, bc2s)
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_addcdiv_(params, ms, denom, steps)
+
+    def _rows(self, group, p, rows, vals) -> None:
+        b1, b2 = group["betas"]
+        st, t = self._step_of(p)
+        step_size, bc2 = self._coeffs(group, t)
+        m = st["exp_avg"].index_select(0, rows).lerp_(vals, 1.0 - b1)
+        v = st["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(vals, vals, value=1.0 - b2)
+        st["exp_avg"].index_copy_(0, rows, m)
+        st["exp_avg_sq"].index_copy_(0, rows, v)
+        p.index_add_(0, rows, m / (v.sqrt_().div_(bc2).add_(group["eps"])), alpha=-step_size)
+
+
+class LazySGD(_RowSparseOptimizer):
+    """SGD with classical momentum (``v <- m v + g; theta <- theta - lr v``, torch's
+    convention); row-sparse gradients move only their rows' velocity and weights."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
+        _check_common(lr, momentum, 1.0, weight_decay)
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    def _dense(self, group, params, grads) -> None:
+        lr, mom = group["lr"], group["momentum"]
+        if mom == 0.0:
+            torch._foreach_add_(params, grads, alpha=-lr)
+            return
+        for p, g in zip(params, grads):
+            st = self.state[p]
+            if "mom" not in st:
+                st["mom"] = g.detach().clone()
+            else:
+                st["mom"].mul_(mom).add_(g)
+            p.add_(st["mom"], alpha=-lr)
+
+    def _rows(self, group, p, rows, vals) -> None:
+        lr, mom = group["lr"], group["momentum"]
+        if mom == 0.0:
+            p.index_add_(0, rows, vals, alpha=-lr)
+            return
+        st = self._state(p, ("mom",))
+        v = st["mom"].index_select(0, rows).mul_(mom).add_(vals)
+        st["mom"].index_copy_(0, rows, v)
+        p.index_add_(0, rows, v, alpha=-lr)
 
 
 def param_groups(groups: Iterable[Any], cfg: OptimConfig, known: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -168,7 +309,7 @@ def build_optimizer(params: Iterable[Any], cfg: OptimConfig, known: Iterable[str
     if cfg.name == "adagrad":
         return AdagradMomentum(groups, cfg.lr, 0.0, cfg.eps, cfg.weight_decay)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return LazyAdam(groups, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return LazySGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer name {cfg.name!r}")

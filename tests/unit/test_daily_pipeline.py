@@ -336,7 +336,7 @@ def test_decay_multiplier_applies_to_the_learned_decay_and_is_harmless_without_i
             f"optim.lr_multipliers={{{mult}: 30.0}}", f"run.storage_path={tmp_path}", f"run.name={decay}_{mult}"])
 
     one_rank = SimpleNamespace(item_range=None, n_items=30, seed=0, reduce_sum=lambda t: t,
-                               copy_to_parallel=lambda t: t, gather=lambda t, d: t)
+                               copy_to_parallel=lambda t: t, gather=lambda t, d: t, sparse_rows=False)
     for decay in ("learned", "parametric", "none"):
         j = job(decay, "decay")
         task = DailyNNTask(j)

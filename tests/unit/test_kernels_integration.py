@@ -62,6 +62,7 @@ from rayrec.models.session_parallel import (
     n_training_pairs,
     session_parallel_batches,
 )
+from rayrec.ops_kernels import gather_rows
 from rayrec.platform.checkpoint import load_checkpoint, load_model, save_checkpoint
 from rayrec.platform.daily.data import synthetic_windows
 from rayrec.platform.daily.predict import TopKScorer
@@ -112,7 +113,7 @@ def _old_forward(model: GRU4Rec, items, hidden):
         x = None
     else:
         table = model.Wy if model.E is None else model.E
-        x = table.index_select(0, items)
+        x = gather_rows(table, items, model.sparse_rows)  # index_select; row-sparse gradient
         if model.cfg.dropout_p_embed > 0.0 and model.training:
             x = F.dropout(x, model.cfg.dropout_p_embed, training=True)
     new_hidden = []
@@ -120,7 +121,7 @@ def _old_forward(model: GRU4Rec, items, hidden):
     for li, h in enumerate(model.layers):
         h_prev = hidden[li]
         if x is None:
-            gx = model.Wx[li].index_select(0, items) + model.b[li]
+            gx = gather_rows(model.Wx[li], items, model.sparse_rows) + model.b[li]
         else:
             gx = torch.addmm(model.b[li], x, model.Wx[li])
         rz = torch.sigmoid(gx[:, : 2 * h] + h_prev @ model.Wrz[li])
@@ -274,12 +275,16 @@ def test_production_loop_equals_old_training_loop(name, mask_sample_hits, biased
 
     # the oracle: the old loop on the same initial weights, sampler and dropout stream
     m_old = fresh()
+    m_old.sparse_rows = True  # row-sparse item tables, as the loop's default optim.sparse_item_rows
     if restore is not None:
         m_old.load_state_dict(load_checkpoint(restore).model_state)
     p0 = {k: v.clone() for k, v in m_old.state_dict().items()}
     o_old = build_optimizer(m_old.parameters(), job.optim)
-    s_old = PopularitySampler(item_counts(arrays, n), cfg.sample_alpha, cfg.sample_store_size,
-                              torch.Generator().manual_seed(seed + 17))
+    # epoch 0's streams, seeded per (seed, epoch) as the loop does: negatives and dropout
+    need = sum(1 for _ in session_parallel_batches(arrays, bsz)) * cfg.n_sample
+    s_old = PopularitySampler(item_counts(arrays, n), cfg.sample_alpha, min(cfg.sample_store_size, need),
+                              torch.Generator().manual_seed(seed * 7919 + 17))
+    torch.manual_seed(seed * 7919)
     losses = _old_train_steps(m_old, o_old, arrays, cfg, s_old, bsz, 12)
 
     cks = {}

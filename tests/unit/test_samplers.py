@@ -119,3 +119,41 @@ def test_logq_corrected_partition_is_unbiased() -> None:
     assert abs(est.mean() - full) < 4 * est.std() / np.sqrt(trials), (est.mean(), full)
     # without the correction the estimate is far off (a wrong Q is detectable here)
     assert abs(np.exp(scores[cols]).sum(axis=1).mean() - full) > 20 * est.std() / np.sqrt(trials)
+
+
+# ---- the alias method (loss.sampler: alias): same distribution, O(1) per draw ---------------
+
+def test_alias_sampler_draws_the_popularity_distribution():
+    from rayrec.models.samplers import AliasSampler
+
+    counts = np.array([0, 1, 5, 0, 20, 3, 100, 7], dtype=np.int64)
+    s = AliasSampler(counts, 0.5, store_size=400_000, generator=torch.Generator().manual_seed(3))
+    draws = s.sample(400_000)
+    freq = np.bincount(draws.numpy(), minlength=len(counts)) / draws.numel()
+    expected = s.prob.numpy()
+    assert freq[0] == 0.0 and freq[3] == 0.0  # zero count: never drawn (alpha > 0)
+    # binomial standard error sqrt(p (1 - p) / n) <= 0.0008: 5 sigma
+    np.testing.assert_allclose(freq, expected, atol=0.004)
+    np.testing.assert_allclose(expected, np.sqrt(counts) / np.sqrt(counts).sum())
+
+
+def test_alias_tables_hold_mass_one_over_n_per_slot():
+    from rayrec.models.samplers import _alias_tables
+
+    rng = np.random.default_rng(0)
+    p = rng.random(1000) ** 4
+    p[rng.integers(0, 1000, 50)] = 0.0
+    p /= p.sum()
+    accept, alias = _alias_tables(p)
+    n = len(p)
+    mass = accept / n  # each slot keeps accept/N for itself, gives (1 - accept)/N to its alias
+    np.add.at(mass, alias, (1.0 - accept) / n)
+    np.testing.assert_allclose(mass, p, atol=1e-12)
+
+
+def test_loss_config_names_the_sampler():
+    from rayrec.models.losses import LossConfig
+
+    assert LossConfig(sampler="alias").sampler == "alias"
+    with pytest.raises(ValueError, match="sampler"):
+        LossConfig(sampler="walker")

@@ -92,3 +92,17 @@ def test_evaluate_checkpoint_against_wrong_items(data_root, tmp_path):
     assert scorer.n_items == len(pd.read_parquet(f"{data_root}/items.parquet"))
     with pytest.raises(CheckpointError, match="item index mismatch"):
         scorer_from_checkpoint(r.checkpoint_dir, ["x", "y"])
+
+
+def test_item_index_outside_the_item_table_names_the_event_before_any_step(tmp_path):
+    """An items.parquet that lost rows (hand-edited, truncated copy): the split's item_idx
+    would index past the item tables; the error names the event, its session and the index."""
+    import pyarrow.parquet as pq
+
+    root = _one_split_dataset(tmp_path, [f"{i // 3}\t{10 + i % 4}\t{1396310400 + i}" for i in range(12)])
+    items = pq.read_table(f"{root}/items.parquet").to_pandas()
+    pq.write_table(pq.read_table(f"{root}/items.parquet").slice(0, 2), f"{root}/items.parquet")
+    with pytest.raises(TrainingInputError, match=r"event \d+ \(session \d+\) has item_idx [23], outside "
+                                                  r"items.parquet's 2 items \(0..1\)"):
+        check_inputs(_cfg(root))
+    assert len(items) == 4
