@@ -4,9 +4,12 @@ Request flow (each box a deployment of :mod:`rayrec.serve_apps.deployments`; arr
 ``DeploymentHandle`` calls carrying the typed messages of :mod:`rayrec.serve_apps.messages`)::
 
     HTTP (127.0.0.1) --> Ingress (FastAPI, OpenAPI at /docs; bodies: serve_apps/schemas.py)
-                           |  POST /events: validate each row -> SessionStore.append
-                           |                (session events, user's items, popularity)
-                           |                -> EventLog.append (durable, canonical schema)
+                           |  every route: token scope check, then the body limit while
+                           |               the body streams in (413 past limits.max_body_bytes)
+                           |  POST /events: validate each row -> SessionStore.append_events
+                           |                (one transaction, idempotency key per row: session
+                           |                events, user's items, popularity window, outbox)
+                           |                -> outbox drained to the EventLog (after commit)
                            |  GET  /sessions/{id}/recommendations:
                            |       SessionStore.get -> policy.exclusions
                            |       -> SessionRecommender.recommend(ScoreRequest) -> ScoreResult
@@ -15,7 +18,8 @@ Request flow (each box a deployment of :mod:`rayrec.serve_apps.deployments`; arr
                            |       the live session) -> policy.exclusions, filter_ranked,
                            |       blend, popularity fill
                            |  POST /recommendations (stateless: items in the request)
-                           |  GET /versions, GET /health, GET /noop, POST /admin/{reload,rollback}
+                           |  GET /versions, GET /health (alive), GET /ready (can serve),
+                           |  GET /noop, POST /admin/{reload,rollback}
                            v
             SessionRecommender (any registered session model: scoring.SessionModel;
                                 @serve.batch, @serve.multiplexed, user_config rollout,
@@ -44,19 +48,29 @@ The arguments are grouped (:class:`~rayrec.serve_apps.config.RecommenderArgs`: `
 ``daily``, ``ingress``, ``events``, ``catalog``, ``limits``, ``blend``, ``health``,
 ``admin``, ``replica_env``); Serve validates the YAML's ``args:`` into it.
 
-Admin endpoints need the token from the environment variable named by ``admin.token_env``
-(default ``RAYREC_ADMIN_TOKEN``) in the process that builds the app; it is forwarded to the
-ingress replicas through their runtime environment.  Without it the admin endpoints answer 403.
+Admin endpoints need a token with scope ``admin``: ``admin.token_hash`` (a salted hash), an
+``auth`` token with that scope, or the token in the environment variable named by
+``admin.token_env`` (default ``RAYREC_ADMIN_TOKEN``) where the app is built, which
+``build_app`` turns into a salted hash: the token itself never reaches a replica's
+runtime_env, the deployment arguments, the dashboard or a log.  Client tokens with scopes
+(``auth``) guard the public routes when ``auth.enabled`` (on in
+``serve_apps/configs/recommender_prod.yaml``; docs/operations.md).
+
+``session.model: latest`` is resolved here, once per rollout, and the resolved checkpoint
+name reaches every session replica through ``user_config``; a replica restarted later
+serves the same version.
 """
 
 # No `from __future__ import annotations`: Serve reads build_app's parameter annotation to
 # validate the args into RecommenderArgs (a typed app builder); it must be the class.
 
 import os
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
+from rayrec.serve_apps.auth import hash_token
 from rayrec.serve_apps.config import RecommenderArgs
 from rayrec.serve_apps.deployments import DailyRecommender, Ingress, SessionRecommender
 from rayrec.serve_apps.scoring import resolve_model_name, resolve_model_path
@@ -72,18 +86,32 @@ def _actor_opts(num_cpus: float, env: dict[str, str]) -> dict[str, Any]:
 
 
 def build_app(args: RecommenderArgs) -> serve.Application:
-    """The application for ``serve run`` / ``serve.run`` (typed, grouped arguments; a dict
-    is validated into :class:`RecommenderArgs`)."""
+    """The application for ``serve run`` / ``serve deploy`` / ``serve.run`` (typed, grouped
+    arguments; a dict is validated into :class:`RecommenderArgs`).
+
+    Resolves the session model once (``latest`` -> a checkpoint name) for every replica,
+    checks the daily store exists (unless ``daily.optional``), and replaces an admin token
+    found in ``admin.token_env`` by its salted hash."""
     if not isinstance(args, RecommenderArgs):
         args = RecommenderArgs.model_validate(args)
     s = args.session
-    # fail at build time, naming the model
-    resolve_model_path(s.model_dir, resolve_model_name(s.model_dir, s.model))
+    # one version for the whole rollout, named in user_config (fails here, naming the model)
+    version = resolve_model_name(s.model_dir, s.model)
+    resolve_model_path(s.model_dir, version)
+    d = args.daily
+    if d.store_path and not d.optional and not Path(d.store_path).is_file():
+        raise FileNotFoundError(f"daily.store_path: {d.store_path} not found (publish it with "
+                                "the daily job first, or set daily.optional: true)")
     # Replicas get the model through user_config only: a rollout (new ``session.model``) then
     # changes user_config alone and Serve applies it in place instead of replacing replicas.
-    init = args.model_copy(update={"session": s.model_copy(update={"model": "latest"})})
+    # The session and daily replicas get no token material at all.
+    init = args.model_copy(update={
+        "session": s.model_copy(update={"model": "latest"}),
+        "admin": args.admin.model_copy(update={"token_hash": None}),
+        "auth": args.auth.model_copy(update={"tokens": [], "tokens_file": None,
+                                             "enabled": False})})
     session_opts: dict[str, Any] = dict(
-        user_config={"model_version": s.model},
+        user_config={"model_version": version},
         health_check_period_s=args.health.period_s,
         health_check_timeout_s=args.health.timeout_s,
         ray_actor_options=_actor_opts(s.num_cpus, args.replica_env),
@@ -97,14 +125,18 @@ def build_app(args: RecommenderArgs) -> serve.Application:
     daily = serve.deployment(DailyRecommender).options(
         ray_actor_options=_actor_opts(args.daily.num_cpus, args.replica_env),
         health_check_period_s=args.health.period_s,
+        health_check_timeout_s=args.health.timeout_s,
         max_ongoing_requests=64,
     ).bind(init)
-    env = dict(args.replica_env)
-    token = os.environ.get(args.admin.token_env)
-    if token:
-        env[args.admin.token_env] = token
+    admin = args.admin
+    token = os.environ.get(admin.token_env)
+    if token and not admin.token_hash:
+        admin = admin.model_copy(update={"token_hash": hash_token(token)})
+    ingress_args = args.model_copy(update={"admin": admin})
     return serve.deployment(Ingress).options(
         num_replicas=args.ingress.replicas,
-        ray_actor_options=_actor_opts(args.ingress.num_cpus, env),
+        ray_actor_options=_actor_opts(args.ingress.num_cpus, dict(args.replica_env)),
+        health_check_period_s=args.health.period_s,
+        health_check_timeout_s=args.health.timeout_s,
         max_ongoing_requests=256,
-    ).bind(session, daily, init)
+    ).bind(session, daily, ingress_args)

@@ -12,13 +12,15 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rayrec.platform.config import StrictModel
-from rayrec.platform.sessions import StoreLimits
+from rayrec.platform.sessions import StoreLimits, check_store_url
+from rayrec.serve_apps.auth import Scope, check_hash
 from rayrec.serve_apps.policy import BlendPolicy
 from rayrec.serve_apps.schemas import HARD_MAX_K, HARD_MAX_LIST
 
 __all__ = [
     "MOVED",
     "AdminArgs",
+    "AuthArgs",
     "BatchingArgs",
     "BlendArgs",
     "CatalogArgs",
@@ -29,6 +31,7 @@ __all__ = [
     "LimitsArgs",
     "RecommenderArgs",
     "SessionArgs",
+    "TokenArgs",
 ]
 
 MOVED: dict[str, str] = {
@@ -104,16 +107,27 @@ class SessionArgs(_Section):
     multiplexing and rollouts must be directories inside it."""
     model: str = "latest"
     """Default session model: a checkpoint directory name inside ``model_dir``, or
-    ``latest`` (the newest checkpoint there, resolved when a replica loads)."""
+    ``latest`` (the newest checkpoint there).  ``latest`` is resolved once per rollout, by
+    ``build_app`` (``serve run`` / ``serve deploy``), and the resolved name reaches every
+    replica through ``user_config``: a replica that restarts later serves the same model."""
     store: str = "sqlite:///tmp/rayrec/sessions.db"
     """Session store: ``sqlite:///abs/path.db`` or ``redis://127.0.0.1:6379/0`` (the
-    ingress writes events to it, the session recommender reads popularity from it)."""
+    ingress writes events to it, the session recommender reads popularity from it); any
+    other scheme is refused."""
+    busy_timeout_s: float = Field(5.0, gt=0)
+    """SQLite store: how long a write waits for a lock before the request answers 503."""
     key_prefix: str = "rayrec:"
     idle_ttl_s: float = Field(1800.0, gt=0)
     max_events: int = Field(200, ge=1, le=10_000)
     """Events kept per session (the oldest are dropped)."""
     max_user_items: int = Field(500, ge=1)
     popularity_refresh_s: float = Field(5.0, gt=0)
+    popularity_window_s: float = Field(3600.0, gt=0)
+    """Online popularity: distinct sessions per item within this window."""
+    popularity_weight: float = Field(0.3, ge=0.0, le=1.0)
+    """Share of the online popularity in the fallback order (the rest: training popularity)."""
+    popularity_min_sessions: int = Field(20, ge=1)
+    """Online popularity is used only once this many distinct sessions are in the window."""
     torch_threads: int = Field(1, ge=1)
     batching: BatchingArgs = Field(default_factory=BatchingArgs)
     replicas: int | None = Field(None, ge=1)
@@ -128,13 +142,19 @@ class SessionArgs(_Section):
     @field_validator("model")
     @classmethod
     def _model_name(cls, v: str) -> str:
-        if "/" in v or ".." in v or not v.strip():
-            raise ValueError(f"model must be a directory name inside model_dir, got {v!r}")
+        if "/" in v or ".." in v or not v.strip() or v != v.strip():
+            raise ValueError(f"model must be a directory name inside model_dir, got {v[:60]!r}")
         return v
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        return check_store_url(v)
 
     def store_limits(self) -> StoreLimits:
         return StoreLimits(idle_ttl_s=self.idle_ttl_s, max_events=self.max_events,
-                           max_user_items=self.max_user_items)
+                           max_user_items=self.max_user_items,
+                           popularity_window_s=self.popularity_window_s)
 
 
 class DailyArgs(_Section):
@@ -143,7 +163,10 @@ class DailyArgs(_Section):
     section: ClassVar[str] = "daily"
     store_path: str | None = None
     """SQLite file of the daily job's recommendation store (its ``store.path``); None: no
-    daily recommendations (users get the session list or popularity)."""
+    daily recommendations (users get the session list or popularity).  The file must exist
+    when the app is built and started (an error naming the path), unless ``optional``."""
+    optional: bool = False
+    """Start without the store file (it is opened once it appears); /ready stays ready."""
     num_cpus: float = Field(0.25, ge=0)
 
 
@@ -181,7 +204,17 @@ class LimitsArgs(_Section):
     max_k: int = Field(100, ge=1, le=HARD_MAX_K)
     max_events_per_request: int = Field(1000, ge=1, le=HARD_MAX_LIST)
     max_items_per_request: int = Field(500, ge=1, le=HARD_MAX_LIST)
+    max_events_per_session: int = Field(200, ge=1, le=HARD_MAX_LIST)
+    """Rows one session may send in one request (the rest are rejected per row)."""
+    max_sessions_per_request: int = Field(100, ge=1, le=HARD_MAX_LIST)
+    """Distinct sessions in one ``POST /events`` (rows of further sessions are rejected)."""
+    max_future_skew_s: float = Field(300.0, ge=0)
+    """An event ``ts`` later than now + this is rejected."""
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    """Any request body over this answers 413, counted while it streams in."""
+    call_timeout_s: float = Field(10.0, gt=0)
+    """A call to the session / daily recommender taking longer is retried once (a dead
+    replica), then answers 503."""
 
     @model_validator(mode="after")
     def _default_within_max(self) -> "LimitsArgs":
@@ -202,7 +235,7 @@ class BlendArgs(_Section):
 
 
 class HealthArgs(_Section):
-    """Serve's replica health checks (session and daily recommenders)."""
+    """Serve's replica health checks: each deployment's readiness (see ``GET /ready``)."""
 
     section: ClassVar[str] = "health"
     period_s: float = Field(5.0, gt=0)
@@ -210,12 +243,55 @@ class HealthArgs(_Section):
 
 
 class AdminArgs(_Section):
-    """``/admin/*`` endpoints."""
+    """``/admin/*`` endpoints (scope ``admin``)."""
 
     section: ClassVar[str] = "admin"
     token_env: str = "RAYREC_ADMIN_TOKEN"
-    """Environment variable holding the admin token in the process that builds the app
-    (forwarded to the ingress replicas); unset: the admin endpoints answer 403."""
+    """Environment variable holding the admin token in the process that builds the app:
+    ``build_app`` replaces it by a salted hash (``token_hash``); the token itself never
+    reaches a replica, its runtime_env, the deployment arguments or a log."""
+    token_hash: str | None = None
+    """``sha256$salt$digest`` of the admin token (:func:`rayrec.serve_apps.auth.hash_token`).
+    Neither this nor the environment variable nor an admin-scoped token: 403."""
+
+    @field_validator("token_hash")
+    @classmethod
+    def _hash(cls, v: str | None) -> str | None:
+        return None if v is None else check_hash(v)
+
+
+class TokenArgs(_Section):
+    """One client token: its name (for operators), salted hash and scopes."""
+
+    section: ClassVar[str] = "auth.tokens"
+    name: str
+    sha256: str
+    """``sha256$salt$digest`` (:func:`rayrec.serve_apps.auth.hash_token`), never the token."""
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        return check_hash(v)
+
+
+class AuthArgs(_Section):
+    """Client tokens for the public routes (``Authorization: Bearer <token>``)."""
+
+    section: ClassVar[str] = "auth"
+    enabled: bool = False
+    """Require a token with the route's scope (read / write / admin) on every route but
+    /health, /ready, /noop and the OpenAPI docs.  Off: only /admin/* needs a token."""
+    tokens: list[TokenArgs] = Field(default_factory=list)
+    tokens_file: str | None = None
+    """A YAML/JSON list of ``{name, sha256, scopes}`` read by each ingress replica at start
+    (hashes only; keep it readable by the Ray user alone)."""
+
+    @model_validator(mode="after")
+    def _some_tokens(self) -> "AuthArgs":
+        if self.enabled and not self.tokens and not self.tokens_file:
+            raise ValueError("auth.enabled needs auth.tokens or auth.tokens_file")
+        return self
 
 
 class RecommenderArgs(_Section):
@@ -230,6 +306,7 @@ class RecommenderArgs(_Section):
     blend: BlendArgs = Field(default_factory=BlendArgs)
     health: HealthArgs = Field(default_factory=HealthArgs)
     admin: AdminArgs = Field(default_factory=AdminArgs)
+    auth: AuthArgs = Field(default_factory=AuthArgs)
     replica_env: dict[str, str] = Field(
         default_factory=lambda: {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
     )

@@ -45,6 +45,10 @@ class ScoreRequest:
     exclude_categories: list[str] = field(default_factory=list)
     strict_items: bool = False
     """Refuse (404) when an item is not in the model's catalogue instead of ignoring it."""
+    cache_key: str | None = None
+    """The stored session's identity and version (id, event count, last update): the
+    session recommender caches the session's encoding under it, so a session is encoded
+    once per new event instead of on every request (a new event changes the key)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class ModelInfo:
     """The session model a replica serves (``GET /versions``: ``session_model``)."""
 
     name: str
-    path: str
+    """The checkpoint directory's name inside ``session.model_dir`` (no absolute path)."""
     n_items: int
     item_index_hash: str
     loaded_at: float
@@ -96,6 +100,8 @@ class StoreVersions:
 
     current: str | None
     versions: list[StoreVersion] = field(default_factory=list)
+    problem: str | None = None
+    """Why the store cannot be read now (vanished file, no version), None when it can."""
 
 
 @dataclass(frozen=True)

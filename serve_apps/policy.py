@@ -11,8 +11,9 @@ response may hold and in which order is made here, once:
 * :func:`blend`: a session list and a daily list merged into one (seed 004's point: the
   session model catches the current intent, the collaborative daily model the long-term
   taste); :func:`blend_source` names what the answer came from.
-* :func:`popularity_order`, :func:`popularity_topk`, :func:`fill`: the popularity fallback
-  (online counters first, then the training order) and the fill of a short list.
+* :func:`popularity_order`, :func:`blended_popularity`, :func:`popularity_topk`,
+  :func:`fill`: the popularity fallback (online distinct-session counts blended with the
+  training popularity) and the fill of a short list.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "ItemCatalog",
     "blend",
     "blend_source",
+    "blended_popularity",
     "exclude_consumed",
     "exclusions",
     "fill",
@@ -146,6 +148,36 @@ def popularity_order(n_items: int, online: Iterable[int] = ()) -> np.ndarray:
     head_a = np.asarray(head, dtype=np.int64)
     rest = np.setdiff1d(np.arange(n_items, dtype=np.int64), head_a)  # sorted: training order
     return np.concatenate([head_a, rest])
+
+
+def blended_popularity(
+    n_items: int,
+    online: Iterable[tuple[int, float]] = (),
+    window_sessions: int = 0,
+    weight: float = 0.3,
+    min_sessions: int = 20,
+) -> np.ndarray:
+    """All item_idx, most popular first, by ``(1 - weight) * p_train + weight * p_online``.
+
+    ``p_train``: the training popularity as a distribution over the rank (item_idx 0 = most
+    popular; Zipf, ``1 / (1 + idx)`` normalised: checkpoints keep the order, not the counts);
+    ``p_online``: the online counts (``(item_idx, distinct sessions in the window)``)
+    normalised to sum 1.  With fewer than ``min_sessions`` distinct sessions in the window
+    the online counts are ignored (a handful of sessions is not popularity), and one item
+    can gain at most ``weight`` of the probability mass, however many events it gets.
+    Ties keep the training order."""
+    base = np.arange(n_items, dtype=np.int64)
+    counts = [(int(j), float(c)) for j, c in online if 0 <= int(j) < n_items and c > 0]
+    if not counts or window_sessions < min_sessions or weight <= 0 or n_items == 0:
+        return base
+    p_train = 1.0 / (1.0 + base.astype(np.float64))
+    p_train /= p_train.sum()
+    p_online = np.zeros(n_items, dtype=np.float64)
+    for j, c in counts:
+        p_online[j] += c
+    p_online /= p_online.sum()
+    score = (1.0 - weight) * p_train + weight * p_online
+    return np.argsort(-score, kind="stable").astype(np.int64)
 
 
 def popularity_topk(

@@ -8,9 +8,9 @@ What the deployments pass each other is in :mod:`rayrec.serve_apps.messages`, no
 # No `from __future__ import annotations`: FastAPI (and Serve, rebuilding the routes of the
 # ingress in a replica) must see the real classes in the annotations.
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 __all__ = [
     "HARD_MAX_K",
@@ -35,17 +35,25 @@ ID_REGEX = r"^[A-Za-z0-9_.:@+=-]{1,128}$"
 MODEL_NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$"
 
 
+# JSON ``true`` is not the number 1, nor ``1`` a boolean (pydantic's lax mode converts them)
+StrictInt = Annotated[int, Strict()]
+StrictBool = Annotated[bool, Strict()]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 class EventIn(_Strict):
-    """One event row (canonical columns); ``ts`` in unix milliseconds (default: now)."""
+    """One event row (canonical columns); ``ts`` in unix milliseconds (default: now; at most
+    ``limits.max_future_skew_s`` ahead).  ``event_id``: the client's idempotency key (a row
+    without one is keyed by a hash of the row: see ``POST /events``)."""
 
     session_id: str = Field(pattern=ID_REGEX)
     item_id: str = Field(pattern=ID_REGEX)
     user_id: str | None = Field(None, pattern=ID_REGEX)
-    ts: int | None = Field(None, ge=631_152_000_000, le=4_102_444_800_000)
+    event_id: str | None = Field(None, pattern=ID_REGEX)
+    ts: StrictInt | None = Field(None, ge=631_152_000_000, le=4_102_444_800_000)
     event: str = Field("view", pattern=r"^[a-z_]{1,32}$")
     value: float | None = Field(None, allow_inf_nan=False)
 
@@ -64,14 +72,17 @@ class Rejected(_Strict):
 
 class EventsOut(_Strict):
     accepted: int
+    """Rows stored by this request."""
+    duplicates: int = 0
+    """Rows already stored (same ``event_id``, or the same row retried): nothing changed."""
     rejected: int
     errors: list[Rejected]
     sessions: int
 
 
 class RecOptions(_Strict):
-    k: int | None = Field(None, ge=1, le=HARD_MAX_K)
-    exclude_consumed: bool | None = None
+    k: StrictInt | None = Field(None, ge=1, le=HARD_MAX_K)
+    exclude_consumed: StrictBool | None = None
     include_categories: list[str] = Field(default_factory=list, max_length=100)
     exclude_categories: list[str] = Field(default_factory=list, max_length=100)
     exclude_items: list[str] = Field(default_factory=list, max_length=HARD_MAX_LIST)
@@ -80,7 +91,7 @@ class RecOptions(_Strict):
 
 class StatelessIn(RecOptions):
     items: list[str] = Field(max_length=HARD_MAX_LIST)
-    strict_items: bool = False
+    strict_items: StrictBool = False
     """Reject (404) when an item is not in the model's catalogue instead of ignoring it."""
 
 

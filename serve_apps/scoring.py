@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import torch
 from rayrec.models.contract import ServableScorer
 from rayrec.platform.checkpoint import CheckpointError, item_index_hash, load_model
 from rayrec.serve_apps.messages import ModelInfo, ScoreRequest, ScoreResult
-from rayrec.serve_apps.policy import ItemCatalog, popularity_order, popularity_topk
+from rayrec.serve_apps.policy import ItemCatalog, blended_popularity, popularity_topk
 
 __all__ = [
     "ModelNameError",
@@ -53,7 +54,7 @@ def resolve_model_path(model_dir: str | os.PathLike[str], name: str) -> Path:
     no ``..``, no absolute paths, and the resolved path (symlinks followed) must stay inside
     ``model_dir``.
     """
-    if not isinstance(name, str) or not MODEL_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or ".." in name:
         raise ModelNameError(
             f"model name must match {MODEL_NAME.pattern} without '..', got {str(name)[:60]!r}"
         )
@@ -95,16 +96,20 @@ def read_item_metadata(path: str | os.PathLike[str] | None) -> dict[str, str]:
 
 
 class Popularity:
-    """Popularity fallback: online counters first (refreshed every ``refresh_s`` from the
-    session store), then the training popularity order (item_idx 0 = most popular)."""
+    """Popularity fallback: the online distinct-session counts of the session store's window
+    blended with the training popularity (:func:`rayrec.serve_apps.policy.blended_popularity`),
+    refreshed every ``refresh_s``.  Every model (default or multiplexed) has its own, over its
+    own catalogue, so both answer the same fallback for the same store."""
 
     def __init__(self, catalog: ItemCatalog, store=None, refresh_s: float = 5.0,
-                 top_n: int = 1000):
+                 top_n: int = 1000, weight: float = 0.3, min_sessions: int = 20):
         self.catalog = catalog
         self.store = store
         self.refresh_s = float(refresh_s)
         self.top_n = int(top_n)
-        self._order = popularity_order(catalog.n)
+        self.weight = float(weight)
+        self.min_sessions = int(min_sessions)
+        self._order = blended_popularity(catalog.n)
         self._at = -1e18
 
     def order(self) -> np.ndarray:
@@ -112,11 +117,14 @@ class Popularity:
         if self.store is not None and now - self._at > self.refresh_s:
             self._at = now
             try:
-                online = self.catalog.indices(i for i, _ in self.store.popular(self.top_n))
+                index = self.catalog.index
+                online = [(index[i], c) for i, c in self.store.popular(self.top_n)
+                          if i in index]
+                total = self.store.window_sessions() if online else 0
             except Exception:
-                online = []
-            if online:
-                self._order = popularity_order(self.catalog.n, online)
+                return self._order  # store unreachable: keep the last order
+            self._order = blended_popularity(self.catalog.n, online, total, self.weight,
+                                             self.min_sessions)
         return self._order
 
     def topk(self, k: int, exclude_idx: set[int], allowed: torch.Tensor | None) -> list[int]:
@@ -147,11 +155,49 @@ class SessionModel:
         self.item_index_hash = item_index_hash(loaded.item_ids)
         self.meta = loaded.checkpoint.meta
         self.loaded_at = time.time()
+        self.popularity: Popularity | None = None
+        """The fallback order the session recommender gives this model (over the store)."""
+        self._enc_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.enc_cache_size = 20_000
+        """Encoded sessions kept (LRU, by ``ScoreRequest.cache_key``; H floats each)."""
+        self.cache_hits = 0
 
     def info(self) -> ModelInfo:
-        return ModelInfo(name=self.name, path=self.path, n_items=self.catalog.n,
+        return ModelInfo(name=self.name, n_items=self.catalog.n,
                          item_index_hash=self.item_index_hash, loaded_at=self.loaded_at,
                          epoch=self.meta.get("epoch"), metrics=self.meta.get("metrics"))
+
+    def _encode(self, reqs: Sequence[ScoreRequest], seqs: Sequence[Sequence[int]]
+                ) -> torch.Tensor:
+        """(B, D) encodings: cached ones (same session, same events) reused, the rest
+        encoded in one ``scorer.encode`` call."""
+        cache = self._enc_cache
+        rows: list[torch.Tensor | None] = []
+        for r in reqs:
+            hit = cache.get(r.cache_key) if r.cache_key is not None else None
+            if hit is not None:
+                cache.move_to_end(r.cache_key)  # type: ignore[arg-type]
+                self.cache_hits += 1
+            rows.append(hit)
+        miss = [j for j, h in enumerate(rows) if h is None]
+        if len(miss) == len(rows):
+            enc = self.scorer.encode(list(seqs))
+            for j in miss:
+                self._remember(reqs[j].cache_key, enc[j])
+            return enc
+        if miss:
+            new = self.scorer.encode([seqs[j] for j in miss])
+            for n, j in enumerate(miss):
+                rows[j] = new[n]
+                self._remember(reqs[j].cache_key, new[n])
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+    def _remember(self, key: str | None, row: torch.Tensor) -> None:
+        if key is None:
+            return
+        self._enc_cache[key] = row.detach().clone()
+        if len(self._enc_cache) > self.enc_cache_size:
+            self._enc_cache.popitem(last=False)
 
     @torch.no_grad()
     def score_batch(self, reqs: Sequence[ScoreRequest], popularity: Popularity | None = None
@@ -170,7 +216,7 @@ class SessionModel:
         results: list[ScoreResult | None] = [None] * len(reqs)
         live = [i for i, s in enumerate(seqs) if s]
         if live:
-            enc = self.scorer.encode([seqs[i] for i in live])  # (B, D)
+            enc = self._encode([reqs[i] for i in live], [seqs[i] for i in live])  # (B, D)
             groups: dict[tuple, list[int]] = {}
             for row, i in enumerate(live):
                 r = reqs[i]

@@ -17,23 +17,40 @@ Semantics shared by both backends (the unit tests run one test body against each
 * a user's consumed items (for the "exclude already consumed" filter, seed 000 section
   4) are kept per user, bounded to the newest ``max_user_items``, expiring after
   ``user_ttl_s``;
-* online item popularity counters (the fallback for unknown users, empty sessions and
-  unknown items) are incremented on every append.
+* online item popularity counts **distinct sessions per item** within a time window
+  (``popularity_window_s``): one session sending the same item a thousand times counts once
+  (the fallback for unknown users, empty sessions and unknown items);
+* :meth:`SessionStore.append_events` writes one request's events in **one transaction**,
+  keyed by each row's ``event_id`` (idempotency key): a row whose key the store has seen
+  within ``dedupe_ttl_s`` is a duplicate and changes nothing, so a retried request is a
+  no-op.  A session belongs to the first user named for it; a row naming another user is
+  refused (it would inject items into that user's consumed-item history);
+* the committed events also go, in the same transaction, to an **outbox** that
+  :meth:`SessionStore.drain_outbox` moves to the durable event log: the log is written only
+  from what the store committed (see :mod:`rayrec.platform.sessions.outbox`).
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rayrec.platform.sessions.event_log import EventLog
 
 __all__ = [
     "ID_PATTERN",
+    "AppendResult",
+    "EventRow",
     "SessionEvent",
     "SessionState",
     "SessionStore",
     "StoreLimits",
+    "StoreUnavailable",
     "validate_id",
 ]
 
@@ -43,7 +60,8 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,128}$")
 
 def validate_id(value: object, field_name: str) -> str:
     """Return ``value`` if it is a valid id, else raise ``ValueError`` naming the field."""
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    # fullmatch: ``re.match`` with ``$`` lets a trailing newline through
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         shown = value if not isinstance(value, str) else value[:40]
         raise ValueError(
             f"{field_name} must be 1-128 characters of [A-Za-z0-9_.:@+=-], got {shown!r}"
@@ -68,6 +86,48 @@ class SessionEvent:
         v = d.get("value")
         return cls(str(d["item_id"]), int(d["ts"]), str(d.get("event", "view")),
                    None if v is None else float(v))
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One validated event of a ``POST /events`` request, with its idempotency key."""
+
+    event_id: str
+    session_id: str
+    item_id: str
+    ts: int
+    user_id: str | None = None
+    event: str = "view"
+    value: float | None = None
+
+    def to_json(self) -> dict:
+        return {"event_id": self.event_id, "session_id": self.session_id,
+                "item_id": self.item_id, "ts": int(self.ts), "user_id": self.user_id,
+                "event": self.event, "value": self.value}
+
+    @classmethod
+    def from_json(cls, d: dict) -> EventRow:
+        v = d.get("value")
+        return cls(str(d["event_id"]), str(d["session_id"]), str(d["item_id"]), int(d["ts"]),
+                   d.get("user_id") or None, str(d.get("event", "view")),
+                   None if v is None else float(v))
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What :meth:`SessionStore.append_events` committed, by row index of the request."""
+
+    stored: list[int] = field(default_factory=list)
+    """Rows committed now (they are in the outbox, bound for the event log)."""
+    duplicates: list[int] = field(default_factory=list)
+    """Rows whose ``event_id`` was already stored (a retry): nothing changed."""
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    """Rows refused by the store, with the reason (e.g. the session's user differs)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot take writes now (locked, read-only, unreachable): answer 503 with
+    this reason; nothing of the request was committed."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +158,13 @@ class StoreLimits:
     max_events: int = 200
     max_user_items: int = 500
     user_ttl_s: float = 30 * 86400.0
+    popularity_window_s: float = 3600.0
+    """Online popularity counts the distinct sessions per item seen in this window."""
+    dedupe_ttl_s: float = 86400.0
+    """How long an ``event_id`` is remembered (a retry later than this is stored again)."""
 
     def __post_init__(self) -> None:
-        for name in ("idle_ttl_s", "user_ttl_s"):
+        for name in ("idle_ttl_s", "user_ttl_s", "popularity_window_s", "dedupe_ttl_s"):
             v = getattr(self, name)
             if not v > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {v!r}")
@@ -116,13 +180,43 @@ class SessionStore(ABC):
     limits: StoreLimits
 
     @abstractmethod
+    def append_events(self, rows: Sequence[EventRow], outbox: bool = True) -> AppendResult:
+        """Store one request's events in one transaction (all or nothing), in order.
+
+        A row whose ``event_id`` is already stored is a duplicate (no change); a row naming
+        a ``user_id`` other than its session's is refused.  Every stored row refreshes its
+        session's expiry, is trimmed to ``max_events``, goes to its user's consumed items
+        (the row's own ``user_id``, else the session's) and to the popularity window, and
+        (``outbox``) to the outbox for :meth:`drain_outbox`.  Raises
+        :class:`StoreUnavailable` when the store cannot write (nothing committed)."""
+
     def append(
         self, session_id: str, events: Sequence[SessionEvent], user_id: str | None = None
     ) -> int:
-        """Append ``events`` (in order) to a session, refresh its expiry, record the user's
-        consumed items and bump popularity counters.  Returns the session's event count
-        after trimming to ``max_events``.  A session keeps the first non-null ``user_id``
-        it was given unless a new non-null one is passed."""
+        """Append ``events`` to one session (fresh idempotency keys, no outbox: backfills and
+        tests); returns the session's event count after trimming.  ValueError if the
+        session belongs to another user."""
+        rows = [EventRow(f"append-{uuid.uuid4().hex}", session_id, e.item_id, int(e.ts),
+                         user_id, e.event, e.value) for e in events]
+        res = self.append_events(rows, outbox=False)
+        if res.rejected:
+            raise ValueError(res.rejected[0][1])
+        st = self.get(session_id)
+        return 0 if st is None else len(st.events)
+
+    @abstractmethod
+    def drain_outbox(self, log: EventLog, max_rows: int = 5000) -> int:
+        """Move committed events from the outbox to ``log`` (each exactly once, also across
+        crashes: see :mod:`rayrec.platform.sessions.outbox`); returns the rows logged."""
+
+    @abstractmethod
+    def outbox_pending(self) -> int:
+        """Events committed but not yet in the event log (claimed or not)."""
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Raise :class:`StoreUnavailable` (with the reason) unless a write succeeds now
+        (readiness)."""
 
     @abstractmethod
     def get(self, session_id: str) -> SessionState | None:
@@ -138,10 +232,16 @@ class SessionStore(ABC):
 
     @abstractmethod
     def popular(self, n: int) -> list[tuple[str, float]]:
-        """The ``n`` items with the highest online counters, best first (ties by item id)."""
+        """The ``n`` items seen by the most distinct sessions within the popularity window,
+        with that count, best first (ties by item id)."""
 
-    def incr_popularity(self, item_ids: Iterable[str]) -> None:  # noqa: B027 - optional
-        """Bump counters without a session (used by ``append``; public for backfills)."""
+    @abstractmethod
+    def window_sessions(self) -> int:
+        """Distinct sessions that sent any event within the popularity window."""
+
+    @abstractmethod
+    def incr_popularity(self, item_ids: Iterable[str], session_id: str = "backfill") -> None:
+        """Record ``item_ids`` as seen by ``session_id`` now (backfills)."""
 
     def ping(self) -> bool:
         """True when the backend answers (health checks)."""

@@ -17,6 +17,11 @@ the writer's host and pid, so replicas never interleave), rotated when a file ex
   ``*.parquet.inprogress`` and renamed to ``*.parquet`` when rotated or closed (a Parquet
   file is only readable once its footer is written), so readers only ever see complete files.
   Durability is per closed file; prefer CSV when every acknowledged event must survive a crash.
+
+Both formats carry a last column ``event_id``: the idempotency key the session store committed
+the event under.  The online service writes this log only from the session store's outbox
+(:mod:`rayrec.platform.sessions.outbox`), which uses the column to recover a drain that crashed
+after writing: no event is logged twice or lost.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ import pyarrow.parquet as pq
 
 from rayrec.platform.schema import INTERACTIONS
 
-__all__ = ["EventLog", "LogRow", "read_event_log"]
+__all__ = ["EventLog", "LogRow", "logged_event_ids", "read_event_log"]
 
 COLUMNS = ["user_id", "session_id", "item_id", "ts", "event", "value"]
+LOG_COLUMNS = [*COLUMNS, "event_id"]
+LOG_SCHEMA = INTERACTIONS.append(pa.field("event_id", pa.string(), nullable=True))
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class LogRow:
     ts: int
     event: str
     value: float | None
+    event_id: str | None = None
 
 
 def _utc_day(ts_s: float) -> str:
@@ -83,6 +91,8 @@ class EventLog:
         self.fsync = bool(fsync)
         self.writer_id = writer_id or f"{socket.gethostname()}-{os.getpid()}"
         self._lock = threading.Lock()
+        self.drain_lock = threading.Lock()
+        """Held by :func:`rayrec.platform.sessions.outbox.drain` (one drain per process)."""
         self._fh = None
         self._pq: pq.ParquetWriter | None = None
         self._path: Path | None = None
@@ -131,17 +141,28 @@ class EventLog:
             self._path = self._next_path(day)
             if self.format == "csv":
                 self._fh = open(self._path, "a", newline="", encoding="utf-8")
-                self._fh.write(",".join(COLUMNS) + "\n")
+                self._fh.write(",".join(LOG_COLUMNS) + "\n")
             else:
-                self._pq = pq.ParquetWriter(str(self._path) + ".inprogress", INTERACTIONS)
+                self._pq = pq.ParquetWriter(str(self._path) + ".inprogress", LOG_SCHEMA)
 
     # ---- API ----------------------------------------------------------------------------
-    def append(self, rows: Sequence[LogRow]) -> int:
-        """Append rows durably (see the module docstring); returns the number written."""
+    def open_file(self) -> Path:
+        """The file the next :meth:`append` writes to (opened / rotated now)."""
+        with self._lock:
+            self._ensure_file(time.time())
+            assert self._path is not None
+            return self._path
+
+    def append(self, rows: Sequence[LogRow], path: Path | None = None) -> int:
+        """Append rows durably (see the module docstring); returns the number written.
+        ``path`` (from :meth:`open_file`): write to that file, no rotation in between."""
         if not rows:
             return 0
         with self._lock:
-            self._ensure_file(time.time())
+            if path is None:
+                self._ensure_file(time.time())
+            elif path != self._path:
+                raise RuntimeError(f"event log rotated away from {path.name} before the write")
             if self.format == "csv":
                 buf = io.StringIO()
                 w = csv.writer(buf, lineterminator="\n")
@@ -151,6 +172,7 @@ class EventLog:
                         "" if r.session_id is None else r.session_id,
                         r.item_id, int(r.ts), r.event,
                         "" if r.value is None else repr(float(r.value)),
+                        "" if r.event_id is None else r.event_id,
                     ])
                 assert self._fh is not None
                 self._fh.write(buf.getvalue())
@@ -168,8 +190,9 @@ class EventLog:
                         ),
                         "event": pa.array([r.event for r in rows], pa.string()).dictionary_encode(),
                         "value": pa.array([r.value for r in rows], pa.float32()),
+                        "event_id": pa.array([r.event_id for r in rows], pa.string()),
                     },
-                    schema=INTERACTIONS,
+                    schema=LOG_SCHEMA,
                 )
                 assert self._pq is not None
                 self._pq.write_table(table)
@@ -196,6 +219,27 @@ class EventLog:
         self.close()
 
 
+def logged_event_ids(path: str | os.PathLike[str]) -> set[str]:
+    """The ``event_id`` values in one complete log file (empty if absent or not readable:
+    a Parquet file whose writer died before closing it is never renamed, never read)."""
+    p = Path(path)
+    if not p.is_file():
+        return set()
+    if p.suffix == ".csv":
+        with open(p, newline="", encoding="utf-8") as fh:
+            rd = csv.reader(fh)
+            header = next(rd, None)
+            if not header or "event_id" not in header:
+                return set()
+            j = header.index("event_id")
+            # a torn last line (crash mid-write) has fewer fields: not logged
+            return {row[j] for row in rd if len(row) == len(header) and row[j]}
+    if p.suffix == ".parquet":
+        t = pq.read_table(p, columns=["event_id"])
+        return {x for x in t["event_id"].to_pylist() if x}
+    return set()
+
+
 def read_event_log(directory: str | os.PathLike[str]):
     """All complete log files of a directory as one pandas frame (canonical columns; ``ts``
     as unix ms int64) - a convenience for tests and ad-hoc checks."""
@@ -205,7 +249,8 @@ def read_event_log(directory: str | os.PathLike[str]):
     for p in sorted(Path(directory).glob("events-*")):
         if p.suffix == ".csv":
             df = pd.read_csv(p, dtype={"user_id": "string", "session_id": "string",
-                                       "item_id": "string", "event": "string"})
+                                       "item_id": "string", "event": "string",
+                                       "event_id": "string"})
         elif p.suffix == ".parquet":
             t = pq.read_table(p)
             t = t.set_column(t.schema.get_field_index("ts"), "ts", t["ts"].cast(pa.int64()))
@@ -214,7 +259,7 @@ def read_event_log(directory: str | os.PathLike[str]):
             df = t.to_pandas()
         else:
             continue
-        frames.append(df[COLUMNS])
+        frames.append(df.reindex(columns=LOG_COLUMNS))
     if not frames:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=LOG_COLUMNS)
     return pd.concat(frames, ignore_index=True)

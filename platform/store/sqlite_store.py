@@ -75,6 +75,8 @@ class SQLiteRecommendationStore(RecommendationStore):
     ``batch_size`` rows go into each insert transaction; ``busy_timeout_s`` is how long a
     connection waits for a lock held by another writer.  Connections are per thread, so one
     store object may be shared by reader threads; use one writer at a time per file.
+    ``create=False`` (readers such as the online service): the file must exist and hold a
+    store (``FileNotFoundError`` naming the path otherwise); it is never created.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class SQLiteRecommendationStore(RecommendationStore):
         *,
         batch_size: int = 5000,
         busy_timeout_s: float = 30.0,
+        create: bool = True,
     ) -> None:
         if isinstance(keep_versions, bool) or int(keep_versions) != keep_versions:
             raise ValueError(f"keep_versions must be an integer >= 1, got {keep_versions!r}")
@@ -101,14 +104,23 @@ class SQLiteRecommendationStore(RecommendationStore):
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._writer_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.create = bool(create)
         conn = self._conn()
-        conn.executescript(_SCHEMA)
+        if create:
+            conn.executescript(_SCHEMA)
+        else:
+            have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = {"versions", "recs", "pointer"} - have
+            if missing:
+                self.close()
+                raise FileNotFoundError(
+                    f"{self.path} is not a recommendation store (no table(s) {sorted(missing)})")
 
     # ---- connections --------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect_wal(self.path, self.busy_timeout_s)
+            conn = connect_wal(self.path, self.busy_timeout_s, create=self.create)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -27,11 +27,14 @@ from rayrec.platform.sessions import read_event_log
 from rayrec.serve_apps.messages import ScoreRequest
 from rayrec.serve_apps.scoring import Popularity, SessionModel, resolve_model_path
 from tests.conftest import data_path
-from tests.fixtures import free_port
+from tests.fixtures import free_port, wait_for
 
 httpx = pytest.importorskip("httpx")
 
 TOKEN = "test-admin-" + uuid.uuid4().hex
+RW_TOKEN = "test-rw-" + uuid.uuid4().hex  # scopes read + write: the default test client
+READ_TOKEN = "test-read-" + uuid.uuid4().hex
+RW = {"authorization": f"Bearer {RW_TOKEN}"}
 K = 20
 
 
@@ -77,6 +80,10 @@ def world(tmp_path_factory):
     models = {name: _checkpoint(root / "models" / name, items, seed)
               for name, seed in (("m1", 0), ("m2", 1))}
     _daily_checkpoint(root / "models" / "d1")
+    # `latest` (the app's session.model below) is m1: the newest checkpoint directory
+    now = time.time()
+    for name, age in (("m2", 300), ("d1", 200), ("m1", 100)):
+        os.utime(root / "models" / name, (now - age, now - age))
     cats = {it: f"c{int(it) % 3}" for it in items}
     meta = root / "items.csv"
     pd.DataFrame({"item_id": list(cats), "category": list(cats.values())}).to_csv(meta, index=False)
@@ -151,14 +158,16 @@ def test_core_filters_and_fallback(world):
         sm.score_batch([ScoreRequest(s, 5, [], ["zzz"], [])])
 
 
-def test_popularity_prefers_online_counters(world, tmp_path):
+def test_popularity_blends_online_sessions_with_training(world, tmp_path):
     from rayrec.platform.sessions import SessionEvent, SQLiteSessionStore
 
     sm = SessionModel(world["root"] / "models" / "m1")
     items = world["items"]
     store = SQLiteSessionStore(tmp_path / "s.db")
-    store.append("s", [SessionEvent(items[500], 1), SessionEvent(items[500], 2),
-                       SessionEvent(items[400], 3), SessionEvent("not-in-catalogue", 4)])
+    for n in range(30):  # items[500] in 30 sessions, items[400] in 25: distinct sessions
+        store.append(f"s{n}", [SessionEvent(items[500], 1), SessionEvent(items[500], 2)]
+                     + ([SessionEvent(items[400], 3)] if n < 25 else [])
+                     + [SessionEvent("not-in-catalogue", 4)])
     pop = Popularity(sm.catalog, store, refresh_s=60)
     (r,) = sm.score_batch([ScoreRequest([], 4, [items[0]], [], [])], pop)
     assert r.source == "popularity"
@@ -279,19 +288,25 @@ def test_model_names_cannot_leave_model_dir(world, tmp_path):
 # ---- the application over HTTP ----------------------------------------------------------
 
 
-def _args(world, model="m1"):
+def _args(world, model="latest"):
     from rayrec.serve_apps.app import RecommenderArgs
+    from rayrec.serve_apps.auth import hash_token
 
     root = world["root"]
     return RecommenderArgs(
         session={"model_dir": str(root / "models"), "model": model,
-                 "store": f"sqlite://{root / 'sessions.db'}", "replicas": 2, "num_cpus": 0.25},
+                 "store": f"sqlite://{root / 'sessions.db'}", "replicas": 2, "num_cpus": 0.25,
+                 "busy_timeout_s": 1.0, "popularity_refresh_s": 0.5,
+                 "popularity_min_sessions": 1},
         daily={"store_path": str(root / "recs.db"), "num_cpus": 0.1},
         ingress={"num_cpus": 0.25},
         events={"log_dir": str(root / "events")},
         catalog={"item_metadata": str(world["meta"])},
-        limits={"max_body_bytes": 64 * 1024},
-        health={"period_s": 1.0},
+        limits={"max_body_bytes": 64 * 1024, "call_timeout_s": 20.0},
+        health={"period_s": 2.0},
+        auth={"enabled": True, "tokens": [
+            {"name": "rw", "sha256": hash_token(RW_TOKEN), "scopes": ["read", "write"]},
+            {"name": "reader", "sha256": hash_token(READ_TOKEN), "scopes": ["read"]}]},
     )
 
 
@@ -323,7 +338,7 @@ def service(world, ray_session):
     finally:
         os.environ.pop("RAYREC_ADMIN_TOKEN", None)
     port = _serve_port(port)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0, headers=RW)
     yield {"client": client, "port": port, "deploy_s": deploy_s, "serve": serve}
     client.close()
     serve.shutdown()
@@ -356,7 +371,8 @@ def test_events_then_session_recs_match_offline(service, world):
         rows += [{"session_id": f"cons-{n}", "item_id": it, "ts": 1_700_000_000_000 + j}
                  for j, it in enumerate(s)]
     out = post_events(c, rows)
-    assert out == {"accepted": len(rows), "rejected": 0, "errors": [], "sessions": 12}
+    assert out == {"accepted": len(rows), "duplicates": 0, "rejected": 0, "errors": [],
+                   "sessions": 12}
     for n, s in enumerate(picked):
         r = c.get(f"/sessions/cons-{n}/recommendations",
                   params={"k": K, "exclude_consumed": "false"})
@@ -512,6 +528,267 @@ def test_bad_requests_answer_4xx_and_service_keeps_serving(service, method, url,
     assert c.get("/health").status_code == 200
 
 
+# ---- issue 14: serving you could expose -----------------------------------------------------
+def _replica_pids(deployment):
+    """The process ids of a deployment's live replicas (no dashboard needed)."""
+    import ray
+
+    pids = []
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if f"#{deployment}#" in a["name"] or a["name"].endswith(f":{deployment}") \
+                or (deployment in a["name"] and "SERVE_REPLICA" in a["name"]):
+            actor = ray.get_actor(a["name"], namespace=a["namespace"])
+            pids.append(ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30))
+    return pids
+
+
+def _rss_mb(pid):
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS")
+
+
+def test_chunked_upload_is_refused_while_streaming(service):
+    """Finding 1: 200 MB sent chunked (no Content-Length) to every body route: 413, and the
+    ingress replica's RSS grows by less than 50 MB (sampled every 20 ms during the upload)."""
+    c = service["client"]
+    (pid,) = _replica_pids("Ingress")
+    base_rss = _rss_mb(pid)
+    peak = [base_rss]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb(pid))
+            time.sleep(0.02)
+
+    def body(total=200 << 20, chunk=1 << 20):
+        block = b"[" + b"1," * (chunk // 2 - 1) + b"1]"
+        for _ in range(total // len(block)):
+            yield block
+
+    t = threading.Thread(target=sample)
+    t.start()
+    statuses = {}
+    try:
+        for method, url in [("POST", "/events"), ("POST", "/recommendations"),
+                            ("POST", "/sessions/s1/recommendations")]:
+            try:
+                r = c.request(method, url, content=body(),
+                              headers={**RW, "content-type": "application/json"})
+                statuses[url] = (r.status_code, r.json()["detail"])
+            except httpx.HTTPError as exc:  # the server may close before the upload ends
+                statuses[url] = (None, repr(exc))
+    finally:
+        stop.set()
+        t.join()
+    growth = peak[0] - base_rss
+    print(f"ingress RSS {base_rss:.0f} MB, peak {peak[0]:.0f} MB (+{growth:.1f} MB) "
+          f"for 3 x 200 MB chunked uploads: {statuses}")
+    for url, (status, detail) in statuses.items():
+        assert status == 413 and "bytes" in detail, (url, status, detail)
+    assert growth < 50, f"ingress RSS grew {growth:.0f} MB"
+    assert c.get("/health").status_code == 200
+
+
+def _stored_items(root, sid):
+    from rayrec.platform.sessions import SQLiteSessionStore
+
+    st = SQLiteSessionStore(root / "sessions.db").get(sid)
+    return [] if st is None else st.item_ids
+
+
+def _logged(root, sid):
+    log = read_event_log(root / "events")
+    return log[log["session_id"] == sid]
+
+
+def test_events_are_stored_and_logged_exactly_once(service, world):
+    """Finding 3: a retried request is a no-op; the same event twice is stored once; a
+    locked store answers 503 with nothing stored nor logged, and the retry lands once; each
+    row keeps its own user (the store and the log agree)."""
+    import sqlite3
+
+    c, root, it = service["client"], world["root"], world["items"]
+    rows = [{"session_id": "once-a", "item_id": it[1], "user_id": "ua", "ts": 1_700_000_000_000},
+            {"session_id": "once-b", "item_id": it[2], "user_id": "ub", "ts": 1_700_000_000_001},
+            {"session_id": "once-a", "item_id": it[3], "event_id": "client-ev-1"},
+            {"session_id": "once-b", "item_id": it[4]}]  # no ts, no id: keyed by the request
+    first = post_events(c, rows)
+    assert first["accepted"] == 4 and first["duplicates"] == 0
+    again = post_events(c, rows)  # the client's retry
+    assert again["accepted"] == 0 and again["duplicates"] == 4
+    assert post_events(c, rows[:1])["duplicates"] == 1  # the same event in another request
+    assert _stored_items(root, "once-a") == [it[1], it[3]]
+    assert _stored_items(root, "once-b") == [it[2], it[4]]
+    assert len(_logged(root, "once-a")) == 2 and len(_logged(root, "once-b")) == 2
+    logged = _logged(root, "once-b")
+    assert list(logged["user_id"].fillna("")) == ["ub", ""]  # each row's own, as stored
+    # another user's row in ua's session is refused per row
+    out = post_events(c, [{"session_id": "once-a", "item_id": it[9], "user_id": "ub"}])
+    assert out["accepted"] == 0 and "user_id" in out["errors"][0]["reason"]
+    # a locked store: 503, nothing of the batch (spanning sessions) stored or logged
+    batch = [{"session_id": f"lock-{j % 3}", "item_id": it[j], "ts": 1_700_000_000_000 + j}
+             for j in range(6)]
+    blocker = sqlite3.connect(root / "sessions.db", isolation_level=None, timeout=30)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        r = c.post("/events", json={"events": batch})
+        assert r.status_code == 503 and "nothing was stored" in r.json()["detail"], r.text
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    for j in range(3):
+        assert _stored_items(root, f"lock-{j}") == [] and len(_logged(root, f"lock-{j}")) == 0
+    assert post_events(c, batch)["accepted"] == 6
+    assert post_events(c, batch)["duplicates"] == 6
+    for j in range(3):
+        assert len(_stored_items(root, f"lock-{j}")) == 2 and len(_logged(root, f"lock-{j}")) == 2
+
+
+def test_health_is_liveness_ready_is_readiness(service, world):
+    """Findings 4 and 5: /health (and HEAD) stay 200 while /ready answers 503 naming the
+    cause: a locked session store, a vanished daily store (then /users answers 503 with the
+    reason and /admin/reload 503, not 200); back to ready once fixed."""
+    import sqlite3
+
+    c, root = service["client"], world["root"]
+    assert c.get("/ready").status_code == 200 and c.head("/health").status_code == 200
+    blocker = sqlite3.connect(root / "sessions.db", isolation_level=None, timeout=30)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        r = c.get("/ready")
+        assert r.status_code == 503 and "session store" in r.json()["detail"], r.text
+        assert c.get("/health").status_code == 200
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    wait_for(lambda: c.get("/ready").status_code == 200, 30, "ready again")
+    db = root / "recs.db"
+    db.rename(root / "recs.moved")
+    try:
+        r = c.get("/ready")
+        assert r.status_code == 503 and "recs.db" in r.json()["detail"], r.text
+        r = c.get("/users/u1/recommendations")
+        assert r.status_code == 503 and "recs.db" in r.json()["detail"], r.text
+        assert str(root) not in r.text  # no absolute path to clients
+        r = c.post("/admin/reload", headers={"x-admin-token": TOKEN})
+        assert r.status_code == 503, r.text
+        assert c.get("/health").status_code == 200 and not db.exists()  # never re-created
+    finally:
+        (root / "recs.moved").rename(db)
+    wait_for(lambda: c.get("/ready").status_code == 200, 30, "ready again")
+    assert c.get("/users/u1/recommendations").status_code == 200
+
+
+def test_no_token_in_serve_details_or_ray_logs(service):
+    """Finding 6: the admin token is in no deployment detail the dashboard API returns and in
+    no Ray log line (runtime-env agent included)."""
+    import glob
+    import json as _json
+
+    from ray.serve.context import _get_global_client
+
+    details = _json.dumps(_get_global_client().get_serve_details(), default=str)
+    assert "Ingress" in details and TOKEN not in details and RW_TOKEN not in details
+    import ray
+
+    logs = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+    hits = []
+    for path in glob.glob(os.path.join(logs, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                if TOKEN.encode() in fh.read():
+                    hits.append(path)
+    assert not hits, hits
+
+
+def test_client_tokens_and_scopes(service, world):
+    """Finding 8: with auth on, nothing outside /health, /ready, /noop and the docs is open;
+    a read token reads but cannot delete a session or post events; admin needs admin."""
+    base = f"http://127.0.0.1:{service['port']}"
+    anon = httpx.Client(base_url=base, timeout=30)
+    reader = httpx.Client(base_url=base, timeout=30,
+                          headers={"authorization": f"Bearer {READ_TOKEN}"})
+    c = service["client"]
+    post_events(c, [{"session_id": "owned", "user_id": "victim", "item_id": world["items"][7]}])
+    for method, url in [("GET", "/sessions/owned/recommendations"), ("POST", "/events"),
+                        ("DELETE", "/sessions/owned"), ("GET", "/users/u1/recommendations"),
+                        ("GET", "/versions")]:
+        r = anon.request(method, url, json={"events": []} if method == "POST" else None)
+        assert r.status_code == 401 and "token" in r.json()["detail"], (url, r.text)
+    assert reader.get("/sessions/owned/recommendations").status_code == 200
+    assert reader.delete("/sessions/owned").status_code == 403
+    r = reader.post("/events", json={"events": [{"session_id": "owned", "user_id": "victim",
+                                                 "item_id": world["items"][8]}]})
+    assert r.status_code == 403 and "write" in r.json()["detail"]
+    wrong = httpx.Client(base_url=base, timeout=30, headers={"authorization": "Bearer nope"})
+    assert wrong.get("/versions").status_code == 403
+    assert reader.post("/admin/reload").status_code == 403
+    assert c.post("/admin/reload").status_code == 403  # read+write is not admin
+    for open_path in ("/health", "/ready", "/noop", "/openapi.json"):
+        assert anon.get(open_path).status_code == 200, open_path
+    assert _stored_items(world["root"], "owned") == [world["items"][7]]
+
+
+def test_list_9_fixed(service, world):
+    """Finding 9, item by item (each 4xx with a bounded reason; the service keeps serving)."""
+    c, root = service["client"], world["root"]
+    # a corrupt checkpoint named by ?model=: 422 naming it, remembered (not reloaded)
+    import shutil
+
+    broken = root / "models" / "broken"  # a copy of m1 whose weights file is cut in half
+    shutil.copytree(root / "models" / "m1", broken)
+    weights = (broken / "model.pt").read_bytes()
+    (broken / "model.pt").write_bytes(weights[: len(weights) // 2])
+    s = world["sessions"][0]
+    for _ in range(2):
+        r = c.post("/recommendations", json={"items": s, "model": "broken"})
+        assert r.status_code == 422 and "broken" in r.json()["detail"], r.text
+    # a timestamp in 2100
+    out = post_events(c, [{"session_id": "ts-far", "item_id": world["items"][0],
+                           "ts": 4_100_000_000_000}])
+    assert out["accepted"] == 0 and "ts" in out["errors"][0]["reason"]
+    # ids with a trailing newline, in paths and queries
+    assert c.get("/sessions/abc%0A/recommendations").status_code == 422
+    assert c.get("/users/abc%0A/recommendations").status_code == 422
+    assert c.get("/sessions/abc/recommendations", params={"model": "m1\n"}).status_code == 422
+    # k=true is not 1
+    r = c.post("/recommendations", json={"items": s, "k": True})
+    assert r.status_code == 422 and "k" in r.text
+    # a 422 never echoes the input
+    r = c.post("/recommendations", json={"items": ["a"] * 100_000},
+               headers={"content-type": "application/json"})
+    assert r.status_code in (413, 422) and len(r.content) < 4000, len(r.content)
+    r = c.post("/sessions/x/recommendations", json={"k": 5, "exclude_items": ["z" * 50] * 20000})
+    assert r.status_code in (413, 422) and len(r.content) < 4000
+    # the token before the body: no token and a bad body is 403, not 422
+    anon = httpx.Client(base_url=f"http://127.0.0.1:{service['port']}", timeout=30)
+    assert anon.post("/admin/rollback", content=b"{not json").status_code == 403
+    # HEAD /health
+    assert c.head("/health").status_code == 200
+    # /versions shows no absolute path
+    r = c.get("/versions")
+    assert r.status_code == 200 and str(root) not in r.text and "/models" not in r.text
+    # the popularity fallback is the same for the default and a multiplexed model
+    it = world["items"]
+    post_events(c, [{"session_id": f"popx-{j}", "item_id": it[600]} for j in range(40)])
+
+    def fallbacks():
+        a = c.get("/sessions/nobody-a/recommendations", params={"k": 5}).json()["items"]
+        b = c.get("/sessions/nobody-b/recommendations",
+                  params={"k": 5, "model": "m2"}).json()["items"]
+        return (a, b) if a == b and a != it[:5] else (a, b, "differ")
+
+    got = wait_for(lambda: len(fallbacks()) == 2 and fallbacks(), 30,
+                   "the same online popularity for m1 and m2")
+    assert it[600] in got[0]  # online sessions count, blended in for both models
+    assert c.get("/health").status_code == 200
+    shutil.rmtree(broken)
+
+
 def _load_loop(c, stop, path_fn, results, max_requests=400, max_s=40.0):
     t0 = time.time()
     n = 0
@@ -527,37 +804,66 @@ def _load_loop(c, stop, path_fn, results, max_requests=400, max_s=40.0):
         n += 1
 
 
-def test_killed_session_replica_loses_no_history(service, world):
+def _session_replicas():
+    import ray
+
+    return {a["name"]: a for a in ray.util.list_named_actors(all_namespaces=True)
+            if "SessionRecommender" in a["name"]}
+
+
+def test_killed_session_replica_loses_no_history_and_keeps_the_version(service, world):
+    """A killed session replica: history intact (state lives outside replicas), and the
+    replica Serve starts in its place serves the version this rollout resolved (``latest``
+    = m1 at build time) although a newer checkpoint appeared since (finding 2)."""
+    import shutil
+
     import ray
 
     c = service["client"]
     items = world["items"]
+    newer = world["root"] / "models" / "m4-newer"
+    _checkpoint(newer, items, 7)  # now the newest: `latest` would resolve to it
     sessions = {f"fault-{n}": items[n * 3:n * 3 + 4] for n in range(5)}
     for sid, its in sessions.items():
         post_events(c, [{"session_id": sid, "item_id": i} for i in its])
     stop, results = threading.Event(), []
     t = threading.Thread(target=_load_loop, args=(
-        httpx.Client(base_url=f"http://127.0.0.1:{service['port']}", timeout=30.0), stop,
-        lambda n: f"/sessions/fault-{n % 5}/recommendations?k=5", results))
+        httpx.Client(base_url=f"http://127.0.0.1:{service['port']}", timeout=30.0, headers=RW),
+        stop, lambda n: f"/sessions/fault-{n % 5}/recommendations?k=5", results, 4000, 120.0))
     t.start()
-    time.sleep(1.0)
-    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if "SessionRecommender" in a["name"]]
-    assert replicas, "no session replica found"
-    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
-    ray.kill(victim, no_restart=True)
-    time.sleep(4.0)
-    stop.set()
-    t.join(60)
-    assert len(results) > 10
+    try:
+        wait_for(lambda: len(results) >= 10, 60, "10 requests before the kill")
+        loaded = {c.get("/versions").json()["session_model"]["loaded_at"] for _ in range(20)}
+        before = _session_replicas()
+        assert len(before) == 2, before
+        victim_name, victim = next(iter(before.items()))
+        ray.kill(ray.get_actor(victim_name, namespace=victim["namespace"]), no_restart=True)
+        wait_for(lambda: len(set(_session_replicas()) - set(before)) == 1
+                 and len(_session_replicas()) == 2, 120, "Serve to replace the killed replica")
+        # the new replica answers (a model loaded after the kill), and serves m1
+        fresh = wait_for(lambda: [v for v in (c.get("/versions").json()["session_model"]
+                                              for _ in range(4))
+                                  if v["loaded_at"] not in loaded], 120,
+                         "the new replica to answer /versions")
+        assert {v["name"] for v in fresh} == {"m1"}, fresh
+        n0 = len(results)
+        wait_for(lambda: len(results) >= n0 + 20, 60, "20 requests after the replacement")
+    finally:
+        stop.set()
+        t.join(60)
     failed = [(p, code) for p, ok, code in results if not ok]
     assert len(failed) <= 2, failed  # only requests in flight at the kill may fail ...
     for p, _ in failed:  # ... and each succeeds on one retry
         assert c.get(p).status_code == 200
-    for sid, its in sessions.items():  # history intact (state lives outside replicas)
+    models = {c.get(f"/sessions/fault-{n % 5}/recommendations", params={"k": 5}).json()["model"]
+              for n in range(30)}  # both replicas, the new one included
+    assert models == {"m1"}, models
+    assert {c.get("/versions").json()["session_model"]["name"] for _ in range(10)} == {"m1"}
+    for sid, its in sessions.items():  # history intact
         body = c.get(f"/sessions/{sid}/recommendations", params={"k": 5}).json()
         assert body["session_events"] == 4 and body["source"] == "session"
         assert not set(its) & set(body["items"])
+    shutil.rmtree(newer)
 
 
 @pytest.mark.slow
@@ -568,7 +874,7 @@ def test_model_rollout_under_load_drops_nothing(service, world):
     c = service["client"]
     s = world["sessions"][5]
     stop, results = threading.Event(), []
-    cl = httpx.Client(base_url=f"http://127.0.0.1:{service['port']}", timeout=30.0)
+    cl = httpx.Client(base_url=f"http://127.0.0.1:{service['port']}", timeout=30.0, headers=RW)
     post_events(c, [{"session_id": "roll", "item_id": i} for i in s])
     t = threading.Thread(target=_load_loop, args=(
         cl, stop, lambda n: "/sessions/roll/recommendations?k=5&exclude_consumed=false",
@@ -581,12 +887,10 @@ def test_model_rollout_under_load_drops_nothing(service, world):
         t0 = time.time()
         serve.run(build_app(_args(world, model="m2")), name="rec", route_prefix="/")
         print(f"rollout applied in {time.time() - t0:.1f}s")
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if c.get("/versions").json()["session_model"]["name"] == "m2":
-                break
-            time.sleep(0.2)
-        time.sleep(1.0)
+        wait_for(lambda: c.get("/versions").json()["session_model"]["name"] == "m2", 30,
+                 "the rollout to m2")
+        n0 = len(results)
+        wait_for(lambda: len(results) >= n0 + 20, 60, "20 requests after the rollout")
     finally:
         os.environ.pop("RAYREC_ADMIN_TOKEN", None)
         stop.set()
@@ -661,6 +965,29 @@ def test_serve_config_yaml_is_valid():
         assert path[-1] in target.model_fields, new
 
 
+def test_prod_serve_config_yaml_is_valid():
+    """Finding 10: the shipped production config: 2 ingress and 2 session replicas, client
+    tokens on, the daily store required, the admin token never in it."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from rayrec.serve_apps.app import RecommenderArgs
+
+    with open(_repo_file("serve_apps", "configs", "recommender_prod.yaml")) as fh:
+        cfg = yaml.safe_load(fh)
+    ServeDeploySchema.model_validate(cfg)
+    (app_cfg,) = cfg["applications"]
+    assert cfg["http_options"]["host"] == "127.0.0.1"
+    args = RecommenderArgs(**app_cfg["args"])
+    assert args.ingress.replicas == 2 and args.session.replicas == 2
+    assert args.auth.enabled and args.auth.tokens_file and not args.daily.optional
+    assert args.admin.token_hash is None and not args.auth.tokens  # hashes live in the file
+    with open(_repo_file("serve_apps", "configs", "recommender.yaml")) as fh:
+        dev = yaml.safe_load(fh)["applications"][0]["args"]
+    assert args.session.model_dir == dev["session"]["model_dir"]
+    assert args.daily.store_path == dev["daily"]["store_path"]
+
+
 # ---- OpenAPI fuzzing (schemathesis, bounded) ----------------------------------------------
 def test_openapi_fuzz_never_5xx(service):
     """Every operation of the served OpenAPI spec, 6 schema-conforming and 6 schema-violating
@@ -684,7 +1011,7 @@ def test_openapi_fuzz_never_5xx(service):
             @settings(max_examples=6, deadline=None, derandomize=True, database=None,
                       suppress_health_check=list(HealthCheck))
             def run(case):
-                resp = case.call(base_url=base, timeout=30)
+                resp = case.call(base_url=base, timeout=30, headers=RW)
                 calls[0] += 1
                 if resp.status_code >= 500:
                     server_errors.append((case.method, case.formatted_path, resp.status_code,

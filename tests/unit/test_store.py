@@ -9,12 +9,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from rayrec.platform.store import RecommendationStore, SQLiteRecommendationStore
+from tests.fixtures import wait_for
 
 
 def rows_for(tag: str, n: int = 50, k: int = 3):
@@ -152,17 +152,16 @@ def test_killed_publish_leaves_previous_version(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        written, deadline = 0, time.time() + 30
         with sqlite3.connect(db, timeout=30) as raw:
-            while written < 10_000 and time.time() < deadline and proc.poll() is None:
-                time.sleep(0.05)
-                row = raw.execute(
+
+            def written() -> int:
+                assert proc.poll() is None, proc.communicate()  # still publishing
+                return raw.execute(
                     "SELECT COUNT(*) FROM recs JOIN versions USING (seq) "
                     "WHERE versions.version = 'crashed'"
-                ).fetchone()
-                written = row[0]
-        assert proc.poll() is None, proc.communicate()
-        assert written >= 10_000, "publisher did not start writing in time"
+                ).fetchone()[0] >= 10_000
+
+            wait_for(written, 60, "the publisher to write 10,000 rows", every=0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -215,17 +214,18 @@ def test_readers_never_see_a_mixed_version(tmp_path: Path) -> None:
     t = threading.Thread(target=poll)
     t.start()
     try:
+        # each publish waits until the reader has read the version before it (a condition
+        # with a deadline, not a sleep: a loaded machine only makes it slower)
         for i in range(1, 5):
-            time.sleep(0.05)
+            wait_for(lambda v=f"v{i - 1}": seen and seen[-1] == v, 60,
+                     f"the reader to see v{i - 1}", every=0.01)
             writer.publish(f"v{i}", f"day{i}", "m1", rows_for(f"v{i}", n=400))
-        time.sleep(0.1)
+        wait_for(lambda: seen and seen[-1] == "v4", 60, "the reader to see v4", every=0.01)
     finally:
         stop.set()
         t.join(timeout=10)
     assert errors == []
-    assert seen[0] == "v0" and seen[-1] == "v4"
-    assert len(seen) >= 3  # the reader really ran while versions switched
-    assert seen == sorted(seen)  # versions only move forward
+    assert seen == ["v0", "v1", "v2", "v3", "v4"]  # every switch seen, only forward
     assert [v.version for v in writer.versions()] == ["v3", "v4"]
     writer.close()
     reader.close()
