@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--dense-steps", type=int, default=150, help="steps per epoch of the dense rows at N >= 500k")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train rows")
+    ap.add_argument("--deepspeed-max-items", type=int, default=50_000,
+                    help="skip the DeepSpeed row above this N (dense ZeRO steps take minutes there)")
     ap.add_argument("--official", default=None, help="folder holding run_official.py (the authors' code)")
     ap.add_argument("--data", default=str(REPO / "outputs/catalog_scale"))
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -178,7 +180,8 @@ def main() -> None:
     storage = Path(tempfile.mkdtemp(prefix="rayrec-bench-catalog-"))
     for n in args.items:
         data = prepare(Path(args.data), n, args.events)
-        settings = [r for r in ROWS if not (args.no_ray and r[0].startswith("Ray"))]
+        settings = [r for r in ROWS if not (args.no_ray and r[0].startswith("Ray"))
+                    and not ("DeepSpeed" in r[0] and n > args.deepspeed_max_items)]
         if args.official:
             settings.append(("official (authors' PyTorch)", "official", []))
         for label, kind, ov in settings:
