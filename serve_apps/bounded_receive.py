@@ -51,6 +51,8 @@ def install(max_buffered: int) -> bool:
                 st["drained"].clear()
                 await st["drained"].wait()
             try:
+                # Ray's own proxy -> replica channel (the proxy pickles the ASGI messages it
+                # built from the client's bytes; the body stays bytes): what Ray's method does
                 pickled = await self._receive_asgi_messages(self._request_metadata)
                 for message in pickle.loads(pickled):
                     if message.get("type") == "http.request":
