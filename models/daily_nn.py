@@ -649,10 +649,15 @@ class DailyNN(nn.Module):
         dense by definition (eq. 7 costs every product)."""
         return self.config.decay != "learned" and self.config.l2 == 0
 
+    @property
+    def row_sparse_input(self) -> bool:
+        """:attr:`sparse_rows` where it applies (:attr:`sparse_input_possible`)."""
+        return self.sparse_rows and self.sparse_input_possible
+
     def _rows_view(self, weight: torch.Tensor, item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(table, idx)`` to look ``item_idx`` up in: with :attr:`sparse_rows` the batch's unique
         rows of ``weight`` (gathered with a row-sparse gradient) and indices into them."""
-        if not self.sparse_rows or not torch.is_grad_enabled():
+        if not self.row_sparse_input or not torch.is_grad_enabled():
             return weight, item_idx
         rows, inv = torch.unique(item_idx, return_inverse=True)
         return gather_rows(weight, rows, True, "input_layer.weight"), inv
@@ -704,12 +709,9 @@ class DailyNN(nn.Module):
             idx, offsets, w = loc.item_idx, loc.offsets, w[sel]
         else:
             idx, offsets = batch.item_idx, batch.offsets
-        if self.sparse_rows and self.sparse_input_possible:
-            table, idx = self._rows_view(weight, idx)
-            partial = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=w,
-                                      include_last_offset=True)
-        else:
-            partial = self.input_layer(idx, offsets, per_sample_weights=w)
+        table, idx = self._rows_view(weight, idx)  # the input layer's embedding bag
+        partial = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=w,
+                                  include_last_offset=True)
         if self.config.decay == "learned":
             base = self.copy_to_parallel(self.conv_act(self.conv_bias))  # Act(wb), every product
             partial = partial + base * weight.sum(dim=0)  # (H1,) broadcast
@@ -873,13 +875,13 @@ class DailyNNTask:
         model = DailyNN(env.n_items, self.cfg, seed=env.seed, start=start, stop=stop)
         model.reduce_sum, model.copy_to_parallel, model.gather = (
             env.reduce_sum, env.copy_to_parallel, env.gather)
-        model.sparse_rows = env.sparse_rows and model.sparse_input_possible
+        model.sparse_rows = env.sparse_rows
         return model
 
     def item_tables(self, module: nn.Module) -> list[nn.Parameter]:
         """The input table when its gradient can be row-sparse (a customer's purchases touch
         few products; :attr:`DailyNN.sparse_input_possible`)."""
-        return [module.input_layer.weight] if getattr(module, "sparse_rows", False) else []
+        return [module.input_layer.weight] if module.row_sparse_input else []
 
     def param_groups(self, module: nn.Module, lr: float) -> list[dict]:
         named = list(module.named_parameters())

@@ -409,6 +409,7 @@ class GRU4RecTask:
         model = GRU4Rec(self.cfg, env.n_items)
         model.reset_parameters(generator)  # identical init on every rank
         model.sparse_rows = env.sparse_rows
+        self.steps_per_epoch = sum(1 for _ in session_parallel_batches(env.train, self.batch_size))
         lc = self.cfg.loss
         self.sampler = None
         if lc.n_sample > 0:
@@ -437,17 +438,13 @@ class GRU4RecTask:
         return [{"params": list(module.parameters())}]
 
     def num_batches(self, env, batch_size: int) -> int:
-        return self.n_batches(env, batch_size)
-
-    def n_batches(self, env, batch_size: int) -> int:
-        key = (id(env.train), batch_size)
-        if getattr(self, "_n_batches", (None, 0))[0] != key:
-            self._n_batches = (key, sum(1 for _ in session_parallel_batches(env.train, batch_size)))
-        return self._n_batches[1]
+        if batch_size == self.batch_size:
+            return self.steps_per_epoch
+        return sum(1 for _ in session_parallel_batches(env.train, batch_size))
 
     def batches(self, env, module: SampledStep, epoch: int, batch_size: int, rng):
         if self.sampler is not None:  # this epoch's negatives, drawn per (seed, epoch) in one store
-            need = self.n_batches(env, batch_size) * self.n_sample
+            need = self.num_batches(env, batch_size) * self.n_sample
             self.sampler.reseed(torch.Generator().manual_seed(env.seed * 7919 + 17 + epoch),
                                 max(1, min(self.cfg.loss.sample_store_size, need)))
         hidden = [h.to(self.device) for h in module.model.init_hidden(batch_size)]

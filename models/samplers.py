@@ -66,11 +66,14 @@ class PopularitySampler:
         """log of :attr:`prob` as float32 (for the logQ correction); -inf for zero-prob items."""
         return self.prob.log().to(torch.float32)
 
-    def _refill(self, min_size: int) -> None:
-        n = max(self.store_size, min_size)
+    def _draw(self, n: int) -> torch.Tensor:
+        """``n`` i.i.d. draws (n,) long: inverse CDF."""
         u = torch.rand(n, dtype=torch.float64, generator=self.generator)  # (n,)
         idx = torch.searchsorted(self._cdf, u, right=True)  # (n,): first cdf > u
-        self._store = idx.clamp_(max=self.n_items - 1)
+        return idx.clamp_(max=self.n_items - 1)
+
+    def _refill(self, min_size: int) -> None:
+        self._store = self._draw(max(self.store_size, min_size))
         self._ptr = 0
         self.refills += 1
 
@@ -132,13 +135,10 @@ class AliasSampler(PopularitySampler):
         self._accept = torch.from_numpy(accept)
         self._alias = torch.from_numpy(alias)
 
-    def _refill(self, min_size: int) -> None:
-        n = max(self.store_size, min_size)
+    def _draw(self, n: int) -> torch.Tensor:
         k = torch.randint(self.n_items, (n,), generator=self.generator)  # (n,) uniform slots
         u = torch.rand(n, dtype=torch.float64, generator=self.generator)
-        self._store = torch.where(u < self._accept[k], k, self._alias[k])
-        self._ptr = 0
-        self.refills += 1
+        return torch.where(u < self._accept[k], k, self._alias[k])
 
 
 def make_sampler(kind: str, counts, alpha: float, store_size: int,

@@ -175,16 +175,19 @@ class SessionRecommender:
                     out[i] = Refusal(422, str(exc)[:300])
         return out  # type: ignore[return-value]
 
+    def _dir_mtime(self, name: str) -> float:
+        """The checkpoint directory's mtime (-1 when it is gone): a rewritten one is retried."""
+        try:
+            return (Path(self.args.session.model_dir) / name).stat().st_mtime
+        except OSError:
+            return -1.0
+
     def _known_bad(self, name: str) -> str | None:
         hit = self._bad.get(name)
         if hit is None:
             return None
         at, mtime, reason = hit
-        try:
-            now_mtime = (Path(self.args.session.model_dir) / name).stat().st_mtime
-        except OSError:
-            now_mtime = -1.0
-        if time.monotonic() - at > _BAD_MODEL_TTL_S or now_mtime != mtime:
+        if time.monotonic() - at > _BAD_MODEL_TTL_S or self._dir_mtime(name) != mtime:
             del self._bad[name]
             return None
         return reason
@@ -199,13 +202,9 @@ class SessionRecommender:
             return Refusal(404, str(exc)[:300])
         except Exception as exc:  # corrupt / incomplete / not a session model: remember it
             reason = f"model {model_id!r} cannot be served: {_short(exc)}"
-            try:
-                mtime = (Path(self.args.session.model_dir) / model_id).stat().st_mtime
-            except OSError:
-                mtime = -1.0
             if len(self._bad) > 64:
                 self._bad.clear()
-            self._bad[model_id] = (time.monotonic(), mtime, reason)
+            self._bad[model_id] = (time.monotonic(), self._dir_mtime(model_id), reason)
             return Refusal(422, reason)
 
     async def recommend(self, req: ScoreRequest) -> ScoreResult | Refusal:
@@ -852,7 +851,4 @@ class Ingress:
     def delete_session(self, session_id: str) -> dict:
         """Delete a session (scope ``write`` when client tokens are on)."""
         _check_id(session_id, "session_id")
-        try:
-            return {"deleted": self.store.clear(session_id)}
-        except (StoreUnavailable, sqlite3.Error) as exc:
-            raise HTTPException(503, f"session store unavailable: {_short(exc, 160)}") from None
+        return {"deleted": self._store_read(self.store.clear, session_id)}

@@ -204,10 +204,13 @@ class SessionStore(ABC):
         st = self.get(session_id)
         return 0 if st is None else len(st.events)
 
-    @abstractmethod
     def drain_outbox(self, log: EventLog, max_rows: int = 5000) -> int:
         """Move committed events from the outbox to ``log`` (each exactly once, also across
-        crashes: see :mod:`rayrec.platform.sessions.outbox`); returns the rows logged."""
+        crashes: see :mod:`rayrec.platform.sessions.outbox`, whose ``_outbox_*`` methods a
+        backend implements); returns the rows logged."""
+        from rayrec.platform.sessions.outbox import drain  # outbox imports this module
+
+        return drain(self, log, max_rows)
 
     @abstractmethod
     def outbox_pending(self) -> int:

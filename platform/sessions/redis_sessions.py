@@ -38,8 +38,6 @@ from rayrec.platform.sessions.base import (
     StoreLimits,
     StoreUnavailable,
 )
-from rayrec.platform.sessions.event_log import EventLog
-from rayrec.platform.sessions.outbox import drain
 
 __all__ = ["RedisSessionStore"]
 
@@ -235,9 +233,6 @@ class RedisSessionStore(SessionStore):
         self.r.pexpire(popk, ttl)
 
     # ---- outbox (rayrec.platform.sessions.outbox) ----------------------------------------
-    def drain_outbox(self, log: EventLog, max_rows: int = 5000) -> int:
-        return drain(self, log, max_rows)
-
     def outbox_pending(self) -> int:
         n = int(self.r.llen(self._k("outbox")))
         for claimant in self.r.hkeys(self._k("claims")):

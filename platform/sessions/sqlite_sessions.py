@@ -30,8 +30,6 @@ from rayrec.platform.sessions.base import (
     StoreLimits,
     StoreUnavailable,
 )
-from rayrec.platform.sessions.event_log import EventLog
-from rayrec.platform.sessions.outbox import drain
 from rayrec.platform.sqlite_util import connect_wal
 
 __all__ = ["SQLiteSessionStore"]
@@ -241,9 +239,6 @@ class SQLiteSessionStore(SessionStore):
             raise
 
     # ---- outbox (rayrec.platform.sessions.outbox) ----------------------------------------
-    def drain_outbox(self, log: EventLog, max_rows: int = 5000) -> int:
-        return drain(self, log, max_rows)
-
     def outbox_pending(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 

@@ -246,7 +246,7 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
         forward = nn.parallel.DistributedDataParallel(module)
     else:
         forward = module
-    sync_rows = item_tables if (engine is None and ctx.world > 1 and not tensor) else []
+    sync_rows = item_tables if (ctx.world > 1 and not tensor) else []  # none under DeepSpeed
 
     def full_state() -> dict[str, torch.Tensor]:  # collective under ZeRO-3 / tensor parallel
         if zero3:

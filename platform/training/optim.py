@@ -136,12 +136,12 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
         return loss
 
 
-def _check_common(lr: float, momentum: float, eps: float, weight_decay: float) -> None:
+def _check_common(lr: float, momentum: float, weight_decay: float, eps: float | None = None) -> None:
     if not lr > 0.0:
         raise ValueError(f"lr must be > 0, got {lr}")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if not eps > 0.0:
+    if eps is not None and not eps > 0.0:
         raise ValueError(f"eps must be > 0, got {eps}")
     if weight_decay < 0.0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
@@ -153,7 +153,7 @@ class AdagradMomentum(_RowSparseOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 0.2, momentum: float = 0.0,
                  eps: float = 1e-6, weight_decay: float = 0.0) -> None:
-        _check_common(lr, momentum, eps, weight_decay)
+        _check_common(lr, momentum, weight_decay, eps)
         super().__init__(params, {"lr": lr, "momentum": momentum, "eps": eps, "weight_decay": weight_decay})
 
     def _names(self, group) -> tuple[str, ...]:
@@ -195,7 +195,7 @@ class LazyAdam(_RowSparseOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        _check_common(lr, 0.0, eps, weight_decay)
+        _check_common(lr, 0.0, weight_decay, eps)
         b1, b2 = betas
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
@@ -246,7 +246,7 @@ class LazySGD(_RowSparseOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0,
                  weight_decay: float = 0.0) -> None:
-        _check_common(lr, momentum, 1.0, weight_decay)
+        _check_common(lr, momentum, weight_decay)
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     def _dense(self, group, params, grads) -> None:
@@ -254,13 +254,10 @@ class LazySGD(_RowSparseOptimizer):
         if mom == 0.0:
             torch._foreach_add_(params, grads, alpha=-lr)
             return
-        for p, g in zip(params, grads):
-            st = self.state[p]
-            if "mom" not in st:
-                st["mom"] = g.detach().clone()
-            else:
-                st["mom"].mul_(mom).add_(g)
-            p.add_(st["mom"], alpha=-lr)
+        moms = [self._state(p, ("mom",))["mom"] for p in params]  # zero-initialised: v1 = g
+        torch._foreach_mul_(moms, mom)
+        torch._foreach_add_(moms, grads)
+        torch._foreach_add_(params, moms, alpha=-lr)
 
     def _rows(self, group, p, rows, vals) -> None:
         lr, mom = group["lr"], group["momentum"]

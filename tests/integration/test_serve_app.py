@@ -559,10 +559,9 @@ def _chunked_uploads(service) -> tuple[dict, float]:
     peak = [base_rss]
     stop = threading.Event()
 
-    def sample():
-        while not stop.is_set():
+    def sample():  # every 20 ms until the uploads are done
+        while not stop.wait(0.02):
             peak[0] = max(peak[0], _rss_mb(pid))
-            time.sleep(0.02)
 
     def body(total=200 << 20, chunk=1 << 20):
         block = b"[" + b"1," * (chunk // 2 - 1) + b"1]"
