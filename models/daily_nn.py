@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from rayrec.ops_kernels import decayed_embedding_bag, gather_rows
+from rayrec.ops_kernels import decayed_embedding_bag, gather_unique_rows
 
 __all__ = [
     "DECAY_BUCKETS",
@@ -660,7 +660,7 @@ class DailyNN(nn.Module):
         if not self.row_sparse_input or not torch.is_grad_enabled():
             return weight, item_idx
         rows, inv = torch.unique(item_idx, return_inverse=True)
-        return gather_rows(weight, rows, True, "input_layer.weight"), inv
+        return gather_unique_rows(weight, rows, "input_layer.weight"), inv
 
     # ---- input weighting --------------------------------------------------------------
     def input_weights(self, batch: SparseBatch) -> torch.Tensor:

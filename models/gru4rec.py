@@ -57,7 +57,7 @@ from torch import nn
 from rayrec.models.losses import LossConfig, sampled_loss
 from rayrec.models.samplers import logq_tables, make_sampler
 from rayrec.models.session_parallel import session_parallel_batches
-from rayrec.ops_kernels import gather_rows, gru_step, topk_scores
+from rayrec.ops_kernels import gather_rows, gather_rows_multi, gru_step, topk_scores
 
 __all__ = ["GRU4RecConfig", "GRU4Rec", "GRU4RecScorer", "build"]
 
@@ -214,20 +214,23 @@ class GRU4Rec(nn.Module):
         return [torch.zeros(batch_size, h, device=dev, dtype=self.Wy.dtype) for h in self.layers]
 
     def forward(
-        self, items: torch.Tensor, hidden: list[torch.Tensor]
+        self, items: torch.Tensor, hidden: list[torch.Tensor], x: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One step: items (B,) long, hidden [(B, H_l)] -> (out (B, H_last), new hidden)."""
+        """One step: items (B,) long, hidden [(B, H_l)] -> (out (B, H_last), new hidden).
+
+        ``x`` (B, n_in): the items' input rows when the caller already looked them up (the
+        sampled step reads ``Wy`` once for inputs and output columns, :class:`SampledStep`)."""
         if items.dim() != 1:
             raise ValueError(f"items must be a 1-D (B,) tensor, got shape {tuple(items.shape)}")
         if len(hidden) != len(self.layers):
             raise ValueError(f"hidden has {len(hidden)} layers, the model has {len(self.layers)}")
         if self.one_hot:
             x = None
-        else:
+        elif x is None:
             table, name = (self.Wy, "Wy") if self.E is None else (self.E, "E")
             x = gather_rows(table, items, self.sparse_rows, name)  # (B, n_in)
-            if self.cfg.dropout_p_embed > 0.0 and self.training:
-                x = F.dropout(x, self.cfg.dropout_p_embed, training=True)
+        if x is not None and self.cfg.dropout_p_embed > 0.0 and self.training:
+            x = F.dropout(x, self.cfg.dropout_p_embed, training=True)
         new_hidden: list[torch.Tensor] = []
         p_h = self.cfg.dropout_p_hidden if self.training else 0.0
         for li in range(len(self.layers)):
@@ -257,17 +260,20 @@ class GRU4Rec(nn.Module):
             return F.elu(s, alpha=self.cfg.elu_param)
         return F.leaky_relu(s, negative_slope=self.cfg.leaky_param)
 
-    def score(self, out: torch.Tensor, item_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, out: torch.Tensor, item_idx: torch.Tensor | None = None,
+              w: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of items for the next event.
 
         out (B, H_last); item_idx None -> (B, N) over all items (evaluation, serving);
         item_idx (C,) long -> (B, C), the columns of those items only (sampled training:
-        C = B targets + S shared negatives).
+        C = B targets + S shared negatives); ``w`` (C, H_last): their rows of ``Wy`` when the
+        caller already looked them up.
         """
         if item_idx is None:
             w, bias = self.Wy, self.By  # (N, H), (N,)
         else:
-            w = gather_rows(self.Wy, item_idx, self.sparse_rows, "Wy")  # (C, H)
+            if w is None:
+                w = gather_rows(self.Wy, item_idx, self.sparse_rows, "Wy")  # (C, H)
             bias = None if self.By is None else gather_rows(self.By, item_idx, self.sparse_rows, "By")
         s = out @ w.t() if bias is None else torch.addmm(bias, out, w.t())  # (B, C)
         return self._final(s)
@@ -378,8 +384,12 @@ class SampledStep(nn.Module):
     def forward(
         self, x: torch.Tensor, hidden: list[torch.Tensor], cols: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out, hidden = self.model(x, hidden)  # (B, H)
-        return self.model.score(out, cols), hidden  # (B, C)
+        m = self.model
+        x_rows = w = None
+        if m.E is None and not m.one_hot:  # constrained: inputs and columns read Wy once
+            x_rows, w = gather_rows_multi(m.Wy, [x, cols], m.sparse_rows, "Wy")  # (B, H), (C, H)
+        out, hidden = m(x, hidden, x_rows)  # (B, H)
+        return m.score(out, cols, w), hidden  # (B, C)
 
 
 class GRU4RecTask:

@@ -10,8 +10,9 @@ reference (the CPU path and the test oracle) and a Triton implementation for CUD
 * :func:`sampled_ranking_loss` -- BPR-max, TOP1-max, cross-entropy + logQ of GRU4Rec.
 * :func:`gru_step` -- one GRU step with the session-reset mask.
 * :func:`decayed_embedding_bag` -- the daily model's time-decayed input layer.
-* :func:`gather_rows` -- item-table row lookup with a row-sparse gradient (catalog-scale
-  training: the optimiser updates touched rows only).
+* :func:`gather_rows` / :func:`gather_rows_multi` / :func:`gather_unique_rows` -- item-table
+  row lookups with a coalesced row-sparse gradient (catalog-scale training: the optimiser
+  updates touched rows only).
 
 Models and serving call these functions only, never the implementations.
 """
@@ -25,7 +26,13 @@ from rayrec.ops_kernels.decayed_bag import decayed_embedding_bag
 from rayrec.ops_kernels.gru_step import gru_step
 from rayrec.ops_kernels.linear_ce import linear_cross_entropy, sampled_linear_cross_entropy
 from rayrec.ops_kernels.ranking_losses import sampled_ranking_loss
-from rayrec.ops_kernels.rows import check_rows, gather_rows
+from rayrec.ops_kernels.rows import (
+    check_rows,
+    gather_rows,
+    gather_rows_multi,
+    gather_unique_rows,
+    sparse_grad_rows,
+)
 from rayrec.ops_kernels.topk import pad_exclusions, topk_scores
 
 __all__ = [
@@ -34,9 +41,12 @@ __all__ = [
     "check_rows",
     "decayed_embedding_bag",
     "gather_rows",
+    "gather_rows_multi",
+    "gather_unique_rows",
     "gru_step",
     "linear_cross_entropy",
     "pad_exclusions",
+    "sparse_grad_rows",
     "resolve_backend",
     "sampled_linear_cross_entropy",
     "sampled_ranking_loss",

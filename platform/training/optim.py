@@ -43,6 +43,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
+from rayrec.ops_kernels import sparse_grad_rows
 from rayrec.platform.config import StrictModel
 
 __all__ = ["AdagradMomentum", "LazyAdam", "LazySGD", "OptimConfig", "apply_hyperparameters", "build_optimizer", "param_groups"]
@@ -121,8 +122,7 @@ class _RowSparseOptimizer(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
-                    g = p.grad.coalesce()  # duplicate rows summed, rows sorted and unique
-                    rows, vals = g.indices()[0], g.values()
+                    rows, vals = sparse_grad_rows(p.grad)  # unique sorted rows, summed values
                     if rows.numel() == 0:
                         continue
                     if wd != 0.0:

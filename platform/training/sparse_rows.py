@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rayrec.ops_kernels import sparse_grad_rows
+
 __all__ = ["ddp_ignore", "sync_item_grads"]
 
 
@@ -46,8 +48,7 @@ def _local_rows(p: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor] | None:
                 torch.empty((0, *p.shape[1:]), dtype=p.dtype, device=p.device))
     if not g.is_sparse:
         return None
-    g = g.coalesce()
-    return g.indices()[0], g.values()
+    return sparse_grad_rows(g)
 
 
 @torch.no_grad()

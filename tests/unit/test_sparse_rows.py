@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rayrec.ops_kernels import gather_rows
+from rayrec.ops_kernels import gather_rows, gather_rows_multi, sparse_grad_rows
 from rayrec.platform.training.optim import (
     AdagradMomentum,
     LazyAdam,
@@ -50,6 +50,33 @@ def test_gather_rows_gradient_is_row_sparse_and_equals_dense():
     _loss(w2, b2, idx, False, t).backward()
     torch.testing.assert_close(gs_w.to_dense(), w2.grad, rtol=0, atol=1e-12)
     torch.testing.assert_close(gs_b.to_dense(), b2.grad, rtol=0, atol=1e-12)
+
+
+def test_one_lookup_of_several_index_lists_gives_unique_sorted_rows_equal_to_dense():
+    """GRU4Rec reads ``Wy`` for its inputs and its output columns in one call: the gradient
+    holds each touched row once, sorted (no coalesce left for the optimiser), and equals the
+    dense gradient of two separate lookups."""
+    w, _ = _tables()
+    x, cols = torch.tensor([9, 2, 9]), torch.tensor([40, 2, 3, 3, 0])
+    t = torch.randn(6, dtype=torch.float64)
+    a, c = gather_rows_multi(w, [x, cols], True, "Wy")
+    ((a @ t).sum() + (c @ t).pow(2).sum()).backward()
+    rows, vals = sparse_grad_rows(w.grad)
+    assert rows.tolist() == [0, 2, 3, 9, 40]
+    w2, _ = _tables()
+    ((w2[x] @ t).sum() + (w2[cols] @ t).pow(2).sum()).backward()
+    torch.testing.assert_close(vals, w2.grad[rows], rtol=0, atol=1e-12)
+    torch.testing.assert_close(w.grad.to_dense(), w2.grad, rtol=0, atol=1e-12)
+
+
+def test_sparse_grad_rows_sums_duplicates_and_sorts_unsorted_rows():
+    idx = torch.tensor([[5, 1, 5, 3]])
+    vals = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 20.0], [0.5, 0.5]])
+    rows, v = sparse_grad_rows(torch.sparse_coo_tensor(idx, vals, (8, 2)))
+    assert rows.tolist() == [1, 3, 5]
+    assert v.tolist() == [[3.0, 4.0], [0.5, 0.5], [11.0, 22.0]]
+    rows, v = sparse_grad_rows(torch.sparse_coo_tensor(torch.tensor([[1, 4, 6]]), vals[:3], (8, 2)))
+    assert rows.tolist() == [1, 4, 6] and v.tolist() == vals[:3].tolist()  # already unique and sorted
 
 
 def test_gather_rows_names_a_bad_item_index_before_any_step():
