@@ -111,7 +111,8 @@ def _job(data: Path, storage: Path, epochs: int, *overrides: str):
     from rayrec.platform.training.config import TrainJobConfig
 
     return load_config(TrainJobConfig, CONFIG, [
-        f"data.path={data}", "data.valid_split=null", "data.test_split=null", f"train.epochs={epochs}",
+        f"data.path={data}", "data.train_split=train_full", "data.valid_split=null", "data.test_split=null",
+        f"train.epochs={epochs}",
         f"run.storage_path={storage}", *overrides])
 
 

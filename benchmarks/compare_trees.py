@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             for tree, (root, python) in trees.items():
                 ov = [*mode_ov, f"train.epochs={args.epochs}", f"data.path={data}",
+                      "data.train_split=train_full", "data.valid_split=test",  # the published protocol
                       f"run.name={tree}-{mode.replace(' ', '_')}-{r}", f"run.storage_path={storage}/{tree}",
                       f"scaling.cpus_per_worker={args.threads}", f"scaling.torch_threads={args.threads}"]
                 try:

@@ -58,7 +58,8 @@ def main() -> None:
 
     def job(*overrides: str) -> TrainJobConfig:
         return load_config(TrainJobConfig, REPO / "jobs/configs/gru4rec_rsc15.yaml",
-                           [f"data.path={root}", "data.valid_split=null", f"train.epochs={args.epochs}",
+                           [f"data.path={root}", "data.train_split=train_full", "data.valid_split=null",
+                            f"train.epochs={args.epochs}",
                             f"run.storage_path={tmp}", *overrides])
 
     rows = []

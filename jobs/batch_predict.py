@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rayrec.platform.daily.data import DailyDataError
     from rayrec.platform.data import DataError
 
-    args = _cli.parser("batch_predict", __doc__.splitlines()[2]).parse_args(_cli.argv_or_sys(argv))
+    args = _cli.parser("batch_predict", __doc__, BatchPredictJobConfig).parse_args(_cli.argv_or_sys(argv))
     cfg = _cli.load(BatchPredictJobConfig, args, "batch_predict")
     try:
         run_batch_predict(cfg)

@@ -16,6 +16,20 @@ date's last checkpoint, and the store returns the existing version for the same
 (as-of, model version).  Every step runs before the publish, and the publish itself is one
 version switch: a failed step publishes nothing and yesterday's version keeps serving.
 
+Sanity (``sanity``): before training, the training window needs ``min_train_users`` users
+with an output purchase and the future window ``min_eval_users`` (an error naming the
+window, its dates and the counts; ``on_small: warn`` logs a WARNING and goes on).  Every
+evaluation has a POP row (``evaluation.json`` ``rows``, ``comparison.md``, with
+``n_users``); a model below POP is a WARNING, and ``publish.min_precision`` /
+``publish.min_pop_ratio`` refuse the publish unless ``--force``.
+
+Backfill: an as-of older than the store's current version is refused unless ``--backfill``,
+which stores it as a version (listed, readable by name) without moving ``current``.
+
+``source.item_metadata`` is written, normalised, for the recommender's
+``catalog.item_metadata`` (``metadata.output_path``; see
+:mod:`rayrec.platform.daily.metadata`); ``source.user_metadata`` is refused (unused).
+
 ``--compare`` instead trains the seed's comparison (predictor / EW / soft split, with and
 without time decay, plus POP and Item-KNN) on the as-of windows and writes
 ``comparison.md``/``.json`` and the decay plots to ``<work_dir>/<as-of>/compare``.
@@ -160,32 +174,141 @@ def train_cfg_for_date(cfg: DailyJobConfig, day_dir: Path) -> TrainJobConfig:
     })
 
 
+def _current_version(cfg: DailyJobConfig):
+    """The store's current version (None without a store file or a published version)."""
+    from rayrec.platform.store import SQLiteRecommendationStore
+
+    if not Path(cfg.store.path).is_file():
+        return None
+    with SQLiteRecommendationStore(cfg.store.path, create=False) as store:
+        return store.current()
+
+
+def check_backfill(cfg: DailyJobConfig, as_of: date, backfill: bool) -> None:
+    """An as-of older than the current version's needs ``--backfill`` (which keeps
+    ``current``): publishing it as current would move the served recommendations back."""
+    cur = _current_version(cfg)
+    if cur is not None and as_of.isoformat() < cur.as_of and not backfill:
+        raise DailyJobError(
+            f"--as-of {as_of} is older than the current version's as-of {cur.as_of} (version "
+            f"{cur.version} in {cfg.store.path}): publishing it would move the served "
+            "recommendations back in time; pass --backfill to store it as a version without "
+            "moving current")
+
+
+def _warn(log: Callable[[str], None], warnings: list[str], text: str) -> None:
+    warnings.append(text)
+    log(f"WARNING: {text}")
+
+
+def check_window_users(cfg: DailyJobConfig, plan: dict[str, Any], n_train: int, n_eval: int | None,
+                       log: Callable[[str], None], warnings: list[str]) -> None:
+    """``sanity.min_train_users`` / ``min_eval_users`` (``n_eval`` None: no future window)."""
+    s = cfg.sanity
+    small = []
+    if n_train < s.min_train_users:
+        small.append(f"training window X = [{plan['dx']}, {plan['dxy']}) -> Y = [{plan['dxy']}, "
+                     f"{plan['dyz']}) has {n_train} users with an output purchase, below "
+                     f"sanity.min_train_users={s.min_train_users}")
+    if n_eval is not None and n_eval < s.min_eval_users:
+        small.append(f"future window XY = [{plan['dx']}, {plan['dyz']}) -> Z = [{plan['dyz']}, "
+                     f"{plan['dz']}) has {n_eval} users with a purchase, below "
+                     f"sanity.min_eval_users={s.min_eval_users}")
+    if not small:
+        return
+    if s.on_small == "error":
+        raise DailyJobError("; ".join(small) + " (widen window.*, pick another --as-of, lower "
+                            "the sanity.* minimum, or set sanity.on_small: warn)")
+    for text in small:
+        _warn(log, warnings, text + " (sanity.on_small: warn)")
+
+
+def check_publish(cfg: DailyJobConfig, evaluation: dict[str, Any], force: bool,
+                  log: Callable[[str], None], warnings: list[str]) -> None:
+    """The model vs POP (a WARNING when below) and the ``publish`` floors (refused unless
+    ``force``)."""
+    if "rows" not in evaluation:
+        if cfg.publish.min_precision is not None or cfg.publish.min_pop_ratio is not None:
+            _warn(log, warnings, "publish floors not checked: the future window is empty")
+        return
+    k = cfg.publish.k or max(cfg.train.eval.ks)
+    key = f"precision@{k}"
+    model, pop = evaluation["rows"][0], evaluation["rows"][1]
+    m, p, n = float(model[key]), float(pop[key]), model["n_users"]
+    if m < p:
+        _warn(log, warnings, f"the model is below POP: {key} {m:.4f} < POP {p:.4f} on {n} users")
+    refused = []
+    if cfg.publish.min_precision is not None and m < cfg.publish.min_precision:
+        refused.append(f"{key} {m:.4f} < publish.min_precision={cfg.publish.min_precision}")
+    if cfg.publish.min_pop_ratio is not None and m < cfg.publish.min_pop_ratio * p:
+        refused.append(f"{key} {m:.4f} < publish.min_pop_ratio={cfg.publish.min_pop_ratio} x POP "
+                       f"{p:.4f}")
+    if not refused:
+        return
+    text = "; ".join(refused) + f" ({n} users evaluated)"
+    if not force:
+        raise DailyJobError(f"publish refused: {text}; --force publishes anyway")
+    _warn(log, warnings, f"--force: publishing although {text}")
+
+
+def _model_label(tcfg: TrainJobConfig) -> str:
+    m = tcfg.model
+    return f"{m.name} ({getattr(m, 'variant', '')}, {getattr(m, 'decay', '')} decay)"
+
+
 def _fail(cfg: DailyJobConfig, step: str) -> None:
     if cfg.fail_at == step:
         raise DailyJobError(f"fail_at={step}: injected failure (testing aid)")
 
 
-def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """preprocess -> train -> evaluate -> batch predict -> publish for one date."""
+def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] = print, *,
+              force: bool = False, backfill: bool = False) -> dict[str, Any]:
+    """preprocess -> train -> evaluate -> batch predict -> publish for one date.
+
+    ``force``: publish below the ``publish`` floors; ``backfill``: store the version without
+    moving ``current`` (needed for an as-of older than the current version's)."""
+    from rayrec.platform import data as pdata
     from rayrec.platform.daily.data import Catalog, load_catalog, load_windows
-    from rayrec.platform.daily.evaluate import evaluate_scores, plot_decay
+    from rayrec.platform.daily.evaluate import (
+        evaluate_scores,
+        plot_decay,
+        pop_scores,
+        table_markdown,
+    )
     from rayrec.platform.daily.predict import batch_predict, model_version_of, publish_predictions
     from rayrec.platform.daily.trainer import load_daily_model
     from rayrec.platform.store import SQLiteRecommendationStore
     from rayrec.platform.training.trainer import fit
 
     as_of = parse_as_of(as_of_text)
+    check_backfill(cfg, as_of, backfill)
     day_dir = Path(cfg.work_dir).resolve() / as_of.isoformat()
     day_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    warnings: list[str] = []
     t = time.perf_counter()
     _fail(cfg, "preprocess")
     plan = preprocess_for_date(cfg, as_of, day_dir, log)
+    meta_df = None
+    if cfg.source.item_metadata is not None:
+        from rayrec.platform.daily.metadata import read_item_metadata
+
+        meta_df = read_item_metadata(cfg.source.item_metadata, cfg.source.format, cfg.metadata.category_sep)
+    tcfg = train_cfg_for_date(cfg, day_dir)
+    cat = load_catalog(tcfg.data.path, tcfg.data.catalog_size)
+    train_w = load_windows(tcfg.data.path, tcfg.data.train_split, cat)
+    n_train = int((np.diff(train_w.y_offsets) > 0).sum())
+    test_rows = len(pdata.load_split(tcfg.data.path, f"{tcfg.data.test_split}_y", ["user_id"]))
+    test = load_windows(tcfg.data.path, tcfg.data.test_split, cat) if test_rows else None
+    n_eval = None if test is None else int((np.diff(test.y_offsets) > 0).sum())
+    plan.update({"train_users": n_train, "eval_users": n_eval})
+    (day_dir / "windows.json").write_text(json.dumps(plan, indent=1))
+    log(f"window users: training {n_train}, future {n_eval}, predictions {plan['predict_users']}")
+    check_window_users(cfg, plan, n_train, n_eval, log, warnings)
     times["preprocess_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     _fail(cfg, "train")
-    tcfg = train_cfg_for_date(cfg, day_dir)
     res = fit(tcfg, log=log)
     if res.checkpoint_dir is None:
         raise DailyJobError(f"training wrote no checkpoint under {res.run_dir}")
@@ -195,35 +318,45 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
     t = time.perf_counter()
     _fail(cfg, "evaluate")
     model, item_ids, meta = load_daily_model(ck)
-    cat = load_catalog(tcfg.data.path, tcfg.data.catalog_size)
     if list(item_ids) != cat.item_ids:
         raise DailyJobError(f"checkpoint {ck} was trained on another catalog than {tcfg.data.path}")
     evaluation: dict[str, Any] = {}
-    from rayrec.platform import data as pdata
-
-    test_rows = len(pdata.load_split(tcfg.data.path, f"{tcfg.data.test_split}_y", ["user_id"]))
-    if test_rows:
-        test = load_windows(tcfg.data.path, tcfg.data.test_split, cat)
+    if test is not None:
+        tw = test
 
         def score(users: np.ndarray):
             import torch
 
-            inputs, _ = test.batch(users)
+            inputs, _ = tw.batch(users)
             with torch.no_grad():
                 return model.score(model(inputs))
 
         evaluation = {k: v for k, v in evaluate_scores(score, test, tcfg.eval.ks).items()}
+        pop = {k: v for k, v in evaluate_scores(pop_scores(test), test, tcfg.eval.ks).items() if k != "protocol"}
+        evaluation["rows"] = [{"model": _model_label(tcfg), **{k: v for k, v in evaluation.items()
+                                                               if k != "protocol"}},
+                              {"model": "POP", **pop}]
+        (day_dir / "comparison.md").write_text(table_markdown(evaluation["rows"], tcfg.eval.ks) + "\n")
     else:
         evaluation = {"skipped": f"no purchases after {as_of} in the data (future window empty)"}
     if cfg.plot and tcfg.model.decay == "learned":
         from rayrec.platform.daily.evaluate import observed_buckets
 
-        observed = observed_buckets(load_windows(tcfg.data.path, tcfg.data.train_split, cat))
+        observed = observed_buckets(train_w)
         evaluation["decay_fit"] = plot_decay(model.learned_decay_curve().tolist(), day_dir / "decay.png",
                                              title=f"learned vs parametric decay, as-of {as_of}",
                                              observed=observed)
         evaluation["decay_plot"] = str(day_dir / "decay.png")
-    (day_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=float))
+        if evaluation["decay_fit"].get("note"):
+            _warn(log, warnings, evaluation["decay_fit"]["note"])
+    evaluation["window_users"] = {"train": n_train, "eval": n_eval}
+    try:
+        check_publish(cfg, evaluation, force, log, warnings)
+    finally:
+        evaluation["warnings"] = list(warnings)
+        (day_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=float))
+    if "rows" in evaluation:
+        log("evaluation:\n" + table_markdown(evaluation["rows"], tcfg.eval.ks))
     log(f"evaluation: {evaluation}")
     times["evaluate_s"] = time.perf_counter() - t
 
@@ -240,16 +373,26 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
 
     t = time.perf_counter()
     mv = model_version_of(ck)
+    check_backfill(cfg, as_of, backfill)  # again: another run may have published meanwhile
     Path(cfg.store.path).parent.mkdir(parents=True, exist_ok=True)
     with SQLiteRecommendationStore(cfg.store.path, keep_versions=cfg.store.keep_versions) as store:
-        version = publish_predictions(store, rows, as_of.isoformat(), mv)
+        version = publish_predictions(store, rows, as_of.isoformat(), mv, make_current=not backfill)
         current = store.current()
+    meta_path = None
+    if meta_df is not None and not backfill:
+        from rayrec.platform.daily.metadata import write_item_metadata
+
+        meta_path = str(write_item_metadata(meta_df, cfg.metadata.output_path
+                                            or Path(cfg.store.path).parent / "item_metadata.parquet"))
+        log(f"item metadata ({len(meta_df)} items) -> {meta_path} (the recommender's catalog.item_metadata)")
     times["publish_s"] = time.perf_counter() - t
     summary = {"as_of": as_of.isoformat(), "windows": plan, "checkpoint": ck, "model_version": mv,
                "version": version, "current": current.version if current else None,
-               "users_published": len(rows), "evaluation": evaluation, "timings": times}
+               "backfill": backfill, "users_published": len(rows), "item_metadata": meta_path,
+               "evaluation": evaluation, "warnings": warnings, "timings": times}
     (day_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    log(f"published version {version} ({len(rows)} users); current: {summary['current']}")
+    log(f"published version {version} ({len(rows)} users)"
+        + (" as a backfill (current unchanged)" if backfill else "") + f"; current: {summary['current']}")
     return summary
 
 
@@ -273,10 +416,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rayrec.platform.daily.data import DailyDataError
     from rayrec.platform.data import DataError
 
-    p = _cli.parser("daily", __doc__.splitlines()[2])
+    p = _cli.parser("daily", __doc__, DailyJobConfig)
     p.add_argument("--as-of", required=True, help="YYYY-MM-DD: the day the recommendations are for")
     p.add_argument("--compare", action="store_true", help="run the seed's comparison table instead")
     p.add_argument("--seeds", default="0,1,2", help="--compare: comma-separated seeds to average")
+    p.add_argument("--force", action="store_true",
+                   help="publish although the model is below the publish.* floors")
+    p.add_argument("--backfill", action="store_true",
+                   help="store the date as a version without moving current (needed for an "
+                        "as-of older than the current version's)")
     p.add_argument("--only", choices=["preprocess"], default=None,
                    help="preprocess: write <work_dir>/<as-of>/data and stop (e.g. before rayrec.jobs.tune)")
     args = p.parse_args(_cli.argv_or_sys(argv))
@@ -295,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = run_compare(cfg, args.as_of, seeds)
             print(table_markdown(rows, cfg.train.eval.ks))
         else:
-            run_daily(cfg, args.as_of)
+            run_daily(cfg, args.as_of, force=args.force, backfill=args.backfill)
     except (DailyJobError, DailyDataError, DataError, ValueError) as exc:
         print(f"rayrec.jobs.daily: error: {exc} (nothing was published)", file=sys.stderr)
         return 1

@@ -65,7 +65,7 @@ def _step(msg: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _cli.parser("demo", "run the main pipeline on embedded defaults").parse_args(_cli.argv_or_sys(argv))
+    args = _cli.parser("demo", __doc__, DemoJobConfig).parse_args(_cli.argv_or_sys(argv))
     cfg = _cli.load(DemoJobConfig, args, "demo")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from rayrec.platform.config import load_config

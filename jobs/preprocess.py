@@ -12,19 +12,20 @@ from collections.abc import Sequence
 
 from rayrec.jobs import _cli
 from rayrec.platform.preprocessing.config import PreprocessJobConfig
-from rayrec.platform.preprocessing.pipeline import run_preprocess
+from rayrec.platform.preprocessing.pipeline import preflight, run_preprocess
 from rayrec.platform.preprocessing.readers import ReaderError
 from rayrec.platform.preprocessing.validate import ValidationFailed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _cli.parser("preprocess", __doc__.splitlines()[2]).parse_args(_cli.argv_or_sys(argv))
+    args = _cli.parser("preprocess", __doc__, PreprocessJobConfig).parse_args(_cli.argv_or_sys(argv))
     cfg = _cli.load(PreprocessJobConfig, args, "preprocess")
-    if cfg.ray.use_ray:
-        from rayrec.platform.runtime import init_ray
-
-        init_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
+        preflight(cfg)  # files, column maps, item_index_from: before Ray's start-up cost
+        if cfg.ray.use_ray:
+            from rayrec.platform.runtime import init_ray
+
+            init_ray(cfg.ray.address, cfg.ray.num_cpus)
         run_preprocess(cfg)
     except (ReaderError, ValidationFailed, ValueError, FileExistsError) as exc:
         print(f"rayrec.jobs.preprocess: error: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rayrec.platform.training.families import TrainingInputError
     from rayrec.platform.training.trainer import fit
 
-    args = _cli.parser("train", __doc__.splitlines()[2]).parse_args(_cli.argv_or_sys(argv))
+    args = _cli.parser("train", __doc__, TrainJobConfig).parse_args(_cli.argv_or_sys(argv))
     cfg = _cli.load(TrainJobConfig, args, "train")
     try:
         res = fit(cfg)
@@ -38,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
              if not isinstance(v, (list, dict))}
     print(f"final metrics: {shown}")
     print(f"checkpoint: {res.checkpoint_dir}")
+    from rayrec.models import registry
+
+    if registry.get(cfg.model.name).kind == "embedding" and res.checkpoint_dir:
+        from rayrec.platform.embeddings import publish_checkpoint
+
+        version = publish_checkpoint(cfg, res.checkpoint_dir, res.run_dir)
+        print(f"embeddings: published version {version} ({res.run_dir}@current)")
     return 0
 
 
@@ -48,7 +55,8 @@ def run_training_for_demo(data_root: str, runs_dir: Path, epochs: int) -> tuple[
 
     cfg = load_config(
         TrainJobConfig, CONFIGS / "gru4rec_rsc15.yaml",
-        [f"data.path={data_root}", f"train.epochs={epochs}", f"run.storage_path={runs_dir}",
+        [f"data.path={data_root}", "data.train_split=train_full", "data.valid_split=test",
+         f"train.epochs={epochs}", f"run.storage_path={runs_dir}",
          "run.name=demo-gru4rec", "scaling.num_workers=1", "scaling.cpus_per_worker=2"],
     )
     res = fit(cfg)

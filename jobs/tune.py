@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rayrec.platform.config import ConfigError
     from rayrec.platform.tuning.run import final_evaluation, run_tune
 
-    args = _cli.parser("tune", __doc__.splitlines()[2]).parse_args(_cli.argv_or_sys(argv))
+    args = _cli.parser("tune", __doc__, TuneJobConfig).parse_args(_cli.argv_or_sys(argv))
     cfg = _cli.load(TuneJobConfig, args, "tune")
     try:
         summary = run_tune(cfg)

@@ -1,7 +1,10 @@
-"""``python -m rayrec.jobs.tune_report <tune run dir> [--metric recall@20] [--top 10]``
+"""``python -m rayrec.jobs.tune_report <tune run dir> [--metric M] [--top 10]``
 
 Writes ``curves.png`` (metric vs iteration, one line per trial; PBT's learning-rate
 schedule when ``optim.lr`` varies within trials) and prints a table of the best trials.
+The metric defaults to the run's own accuracy metric (``accuracy_metric`` of the tune job,
+from the run's ``summary.json``: ``recall@20`` for session models, ``precision@10`` style
+metrics for the daily model); a metric no trial reported is an error listing those that were.
 """
 
 from __future__ import annotations
@@ -33,10 +36,23 @@ def load_trials(run_dir: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+def run_metric(run_dir: Path, trials: dict[str, pd.DataFrame]) -> str:
+    """The run's accuracy metric: ``summary.json``'s ``accuracy_metric`` (written by
+    ``rayrec.jobs.tune``), else the first ``@K`` metric the trials reported."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        m = json.loads(summary.read_text()).get("accuracy_metric")
+        if m:
+            return str(m)
+    cols = [c for df in trials.values() for c in df.columns if "@" in c and not c.startswith("config.")]
+    return cols[0] if cols else "loss"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rayrec.jobs.tune_report")
+    ap = argparse.ArgumentParser(prog="python -m rayrec.jobs.tune_report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
-    ap.add_argument("--metric", default="recall@20")
+    ap.add_argument("--metric", default=None, help="default: the run's accuracy metric (summary.json)")
     ap.add_argument("--top", type=int, default=10)
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
@@ -44,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not trials:
         print(f"no trials with results under {run_dir}")
         return 1
+    metric = args.metric or run_metric(run_dir, trials)
+    reported = sorted({c for df in trials.values() for c in df.columns if "@" in c or c in ("loss", "fitness")})
+    if not any(metric in df for df in trials.values()):
+        print(f"tune_report: no trial reported {metric!r}; reported metrics: {', '.join(reported)}")
+        return 2
+    args.metric = metric
     import matplotlib
 
     matplotlib.use("Agg")

@@ -420,3 +420,56 @@ def fit(
 
 for _cfg, _fitter in _FITTERS.items():
     register(ModelSpec(_cfg.model_fields["name"].default, _cfg, _fitter, "baseline"))
+
+
+# ---------------------------------------------------------------------------- history baselines
+# (seed 002 section 5.2): score candidate items given a user's history; same interface as
+# rayrec.models.attention_cf.score_candidates: (histories, candidates (T, C), -1 pads) -> (T, C)
+
+HISTORY_BASELINES = ("popularity", "last_item", "weighted_sum")
+
+
+def popularity_scores(distinct_user_counts: np.ndarray):
+    """Section 5.2 "Popularity": candidates by the number of distinct training users who
+    interacted with them (eq. 5's counts), the same for every user."""
+    pop = np.asarray(distinct_user_counts, dtype=np.float64)
+
+    def score(histories, candidates):
+        cand = np.asarray(candidates)
+        return np.where(cand >= 0, pop[np.clip(cand, 0, None)], -np.inf)
+
+    return score
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def last_item_scores(item_vectors: np.ndarray):
+    """Section 5.2 "Last Item": cosine (embedding space) between each candidate and the newest
+    history item (histories are oldest first)."""
+    xn = _unit(item_vectors)
+
+    def score(histories, candidates):
+        cand = np.asarray(candidates)
+        last = xn[np.array([h[-1] for h in histories], dtype=np.int64)]  # (T, d)
+        s = np.einsum("td,tcd->tc", last, xn[np.clip(cand, 0, None)])
+        return np.where(cand >= 0, s, -np.inf)
+
+    return score
+
+
+def weighted_sum_scores(item_vectors: np.ndarray, tau_rank: float = 5.0):
+    """Section 5.2 "Weighted Sum" (a simplified heuristic, no CMA-ES): cosine between each
+    candidate and the history mean weighted ``exp(-rank / tau_rank)`` (rank 0 = newest)."""
+    xn = _unit(item_vectors)
+
+    def score(histories, candidates):
+        cand = np.asarray(candidates)
+        u = np.stack([(np.exp(-np.arange(len(h))[::-1] / tau_rank)[:, None] * xn[np.asarray(h)]).sum(0)
+                      for h in histories])
+        s = np.einsum("td,tcd->tc", _unit(u), xn[np.clip(cand, 0, None)])
+        return np.where(cand >= 0, s, -np.inf)
+
+    return score

@@ -119,6 +119,9 @@ class TaskEnv:
         default=lambda m, s: m.load_state_dict(s))
     """Load an unsharded state into this rank's module (slicing catalog-wide tensors)."""
     log: Callable[[str], None] = print
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """Kind-specific frozen inputs the data family loads on every worker (history models:
+    ``inputs["embeddings"]``, the published (N, d) item vectors)."""
 
     @property
     def n_items(self) -> int:
@@ -178,6 +181,10 @@ class TrainTask(Protocol):
         """Load an unsharded state into this rank's module (slicing under ``tensor``)."""
         ...
 
+    # optional: ``item_state_dims(module) -> dict[str, int]``: the keys of ``full_state`` that
+    # run over items -> that dimension (one row per item of ``env.item_ids``).  Warm start
+    # (``train.init_from``) copies those rows from a checkpoint by item id and keeps the fresh
+    # rows of new items; without it the ``catalog_dims`` of the module's submodules are used.
     # optional: ``item_tables(module) -> list[nn.Parameter]``: the item-indexed tables (one row
     # per item: embeddings, output weights and biases) that the task reads with
     # ``gather_rows(table, idx, env.sparse_rows)``.  With ``env.sparse_rows`` the loop keeps

@@ -883,6 +883,11 @@ class DailyNNTask:
         few products; :attr:`DailyNN.sparse_input_possible`)."""
         return [module.input_layer.weight] if module.row_sparse_input else []
 
+    def item_state_dims(self, module: nn.Module) -> dict[str, int]:
+        """Full-state keys of the catalog-wide tensors -> their product dim (``train.init_from``
+        copies their rows by item id)."""
+        return dict(DailyNN.catalog_dims)
+
     def param_groups(self, module: nn.Module, lr: float) -> list[dict]:
         named = list(module.named_parameters())
         groups = [{"name": "main", "params": [p for n, p in named if not n.startswith("conv_")]}]

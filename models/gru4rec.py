@@ -444,6 +444,14 @@ class GRU4RecTask:
         tables = [m.Wy] + [t for t in (m.By, m.E) if t is not None]
         return tables + ([m.Wx[0]] if m.one_hot else [])
 
+    def item_state_dims(self, module: SampledStep) -> dict[str, int]:
+        """Full-state keys of the item-indexed tables -> their item dim (``train.init_from``
+        copies their rows by item id): ``Wy``, ``By``, ``E`` and the one-hot input ``Wx.0``."""
+        m = module.model
+        dims = {"Wy": 0}
+        dims.update({k: 0 for k, t in (("By", m.By), ("E", m.E)) if t is not None})
+        return {**dims, **({"Wx.0": 0} if m.one_hot else {})}
+
     def param_groups(self, module: nn.Module, lr: float) -> list[dict]:
         return [{"params": list(module.parameters())}]
 

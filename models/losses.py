@@ -49,6 +49,7 @@ __all__ = [
     "compute_loss",
     "sampled_loss",
     "FUSED_LOSSES",
+    "balanced_logistic",
 ]
 
 LossName = Literal["top1", "bpr", "top1-max", "bpr-max", "cross-entropy"]
@@ -281,3 +282,24 @@ def sampled_loss(
         )
     valid = negative_mask(cols[:b], cols, cfg.mask_sample_hits)  # (B, B + S)
     return compute_loss(cfg, scores, valid, log_q)
+
+
+def balanced_logistic(pos_logits: torch.Tensor, pos_valid: torch.Tensor, neg_logits: torch.Tensor,
+                      neg_valid: torch.Tensor) -> torch.Tensor:
+    """The balanced loss L-hat of seed 002 section 4.2 (after eq. 5), per user, in log-sigmoid
+    form (finite at any logit)::
+
+        L_u = - 1/(2|S_u|) sum_{q in S_u} log sigma(s_q) - 1/(2|N_u|) sum_{q in N_u} log sigma(-s_q)
+
+    (``log(1 - sigma(s)) = log sigma(-s)``).  ``pos_logits`` (B, P) / ``neg_logits`` (B, M)
+    with ``*_valid`` masks (padding False).  Returns the mean of ``L_u`` over the B users (the
+    paper sums over users; the mean keeps the scale independent of the batch).  Positives and
+    negatives weigh half each whatever their counts, so duplicating S_u or N_u changes
+    nothing; a row without a positive or a negative is an error."""
+    pv, nv = pos_valid.to(pos_logits.dtype), neg_valid.to(neg_logits.dtype)
+    n_pos, n_neg = pv.sum(1), nv.sum(1)
+    if bool((n_pos == 0).any()) or bool((n_neg == 0).any()):
+        raise ValueError("balanced_logistic: every row needs at least one positive and one negative")
+    pos = (F.logsigmoid(pos_logits) * pv).sum(1) / (2 * n_pos)
+    neg = (F.logsigmoid(-neg_logits) * nv).sum(1) / (2 * n_neg)
+    return -(pos + neg).mean()

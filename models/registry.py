@@ -20,11 +20,12 @@ from typing import Annotated, Any, Literal, Union
 
 from torch import nn
 
-ModelKind = Literal["session", "daily", "baseline"]
-MetricFamily = Literal["next_item", "future_window"]
+ModelKind = Literal["session", "daily", "baseline", "embedding", "history"]
+MetricFamily = Literal["next_item", "future_window", "sampled_candidates"]
 
 #: the metric family of each trainable kind (protocols in rayrec.platform.evaluation)
-KIND_METRICS: dict[str, MetricFamily] = {"session": "next_item", "daily": "future_window"}
+KIND_METRICS: dict[str, MetricFamily] = {"session": "next_item", "daily": "future_window",
+                                         "history": "sampled_candidates"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ModelSpec:
     job_defaults: dict[str, Any] = field(default_factory=dict)
     """Training-job values this model needs other than the platform's defaults (nested, e.g.
     ``{"optim": {"name": "adam", "lr": 1e-3}}``): defaults < these < YAML < overrides."""
+    refused_engines: dict[str, str] = field(default_factory=dict)
+    """``scaling.engine`` values this model refuses -> why (the config error says it)."""
 
     @property
     def metrics(self) -> MetricFamily | None:
@@ -63,7 +66,8 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {}
 PLUGIN_MODULES: dict[str, None] = {}
 
-BUILTIN_MODULES = ("rayrec.models.baselines", "rayrec.models.gru4rec", "rayrec.models.daily_nn")
+BUILTIN_MODULES = ("rayrec.models.baselines", "rayrec.models.gru4rec", "rayrec.models.hrnn",
+                   "rayrec.models.daily_nn", "rayrec.models.item2vec", "rayrec.models.attention_cf")
 
 
 def register(spec: ModelSpec) -> ModelSpec:

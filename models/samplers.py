@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["AliasSampler", "PopularitySampler", "logq_tables", "make_sampler"]
+__all__ = ["AliasSampler", "PopularitySampler", "logq_tables", "make_sampler", "sample_excluding"]
 
 
 class PopularitySampler:
@@ -184,3 +184,29 @@ def logq_tables(
         q = q + n_sample * sampler.prob.numpy()
     t = torch.from_numpy(np.log(q)).float()
     return t, t
+
+
+def sample_excluding(sampler: PopularitySampler, n: int, exclude: list[np.ndarray | list[int]],
+                     max_rounds: int = 1000) -> torch.Tensor:
+    """(R, n) draws from ``sampler``, one row per entry of ``exclude``, where no row holds an
+    item of its ``exclude`` set: hits are redrawn (seed 002 section 4.2: ``N_u`` and ``S_u``
+    are disjoint).  A set that holds all the sampling mass is an error naming the row."""
+    rows = len(exclude)
+    out = sampler.sample(rows * n).view(rows, n).clone()
+    prob = sampler.prob
+    for r, ex in enumerate(exclude):
+        ex_t = torch.as_tensor(np.unique(np.asarray(ex, dtype=np.int64)), dtype=torch.long)
+        if ex_t.numel() == 0:
+            continue
+        if float(prob[ex_t].sum()) >= 1.0 - 1e-12:
+            raise ValueError(f"row {r}: the excluded items {ex_t.tolist()[:10]} hold all the sampling "
+                             "mass; no negative can be drawn")
+        bad = torch.isin(out[r], ex_t)
+        rounds = 0
+        while bool(bad.any()):
+            rounds += 1
+            if rounds > max_rounds:
+                raise ValueError(f"row {r}: no draw outside the excluded items after {max_rounds} rounds")
+            out[r, bad] = sampler.sample(int(bad.sum()))
+            bad = torch.isin(out[r], ex_t)
+    return out

@@ -13,12 +13,33 @@ keeps them (it is a faithful copy of the data), and :func:`session_parallel_batc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["SessionArrays", "item_counts", "n_training_pairs", "session_parallel_batches"]
+__all__ = [
+    "ItemFeatures", "SessionArrays", "group_by_user", "item_counts", "n_training_pairs",
+    "session_parallel_batches",
+]
+
+
+@dataclass
+class ItemFeatures:
+    """Categorical item metadata as vocabulary ids, one row per item of the item index.
+
+    ``names``: the metadata columns (fields), in order. ``ids`` int64 (N, L): the item's value
+    ids, every field's slots side by side (``slot_field`` int64 (L,) names each slot's field);
+    a multi-valued field has several slots, unused slots hold -1. Vocabularies are per field,
+    built from the training rows; id 0 of every field is *unknown* (an item without metadata,
+    a value never seen in training), so ``vocab_sizes[f]`` counts it. ``n_unknown``: items
+    per field that got id 0."""
+
+    names: tuple[str, ...]
+    ids: np.ndarray
+    slot_field: np.ndarray
+    vocab_sizes: tuple[int, ...]
+    n_unknown: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -27,11 +48,22 @@ class SessionArrays:
 
     ``offsets`` int64 (S + 1,), ``items`` int64 (E,), ``ts`` float64 (E,) seconds or None.
     Sessions are ordered by start time (ties by session id).
+
+    Per-event context (None when not loaded; models that do not read it never see a
+    difference): ``events`` int64 (E,) event-type codes into ``event_names`` (code 0 =
+    unknown type, ``event_names[0]`` is ``""``); ``values`` float32 (E,) the event's value
+    (NaN = none); ``users`` int64 (E,) user codes (-1 = no user). ``item_features``: the
+    item metadata of the catalog (:class:`ItemFeatures`) when the data has it.
     """
 
     offsets: np.ndarray
     items: np.ndarray
     ts: np.ndarray | None = None
+    events: np.ndarray | None = None
+    values: np.ndarray | None = None
+    users: np.ndarray | None = None
+    event_names: tuple[str, ...] = ("",)
+    item_features: ItemFeatures | None = None
 
     def __post_init__(self) -> None:
         self.offsets = np.ascontiguousarray(self.offsets, dtype=np.int64)
@@ -50,6 +82,13 @@ class SessionArrays:
             self.ts = np.ascontiguousarray(self.ts, dtype=np.float64)
             if self.ts.shape != self.items.shape:
                 raise ValueError(f"ts shape {self.ts.shape} != items shape {self.items.shape}")
+        for name, dtype in (("events", np.int64), ("values", np.float32), ("users", np.int64)):
+            a = getattr(self, name)
+            if a is not None:
+                a = np.ascontiguousarray(a, dtype=dtype)
+                if a.shape != self.items.shape:
+                    raise ValueError(f"{name} shape {a.shape} != items shape {self.items.shape}")
+                setattr(self, name, a)
 
     @property
     def n_sessions(self) -> int:
@@ -60,11 +99,14 @@ class SessionArrays:
         return int(self.items.size)
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame) -> SessionArrays:
+    def from_frame(cls, df: pd.DataFrame, event_names: tuple[str, ...] | None = None) -> SessionArrays:
         """Build from columns ``session_id``, ``item_idx``, ``ts`` (datetime64 or float seconds).
 
         Sessions are ordered by their first event's time (ties by session_id); events within a
-        session by ts (stable, so equal timestamps keep their row order).
+        session by ts (stable, so equal timestamps keep their row order). Optional columns
+        ``event``, ``value``, ``user_id`` become the per-event context; ``event_names`` is the
+        event-type vocabulary (``""`` first; default: this frame's types, sorted), types outside
+        it get code 0.
         """
         missing = [c for c in ("session_id", "item_idx", "ts") if c not in df.columns]
         if missing:
@@ -93,7 +135,46 @@ class SessionArrays:
         counts = np.bincount(row_rank, minlength=len(uniq))
         offsets = np.zeros(len(uniq) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        return cls(offsets, item[order].astype(np.int64), t[order])
+        ctx: dict = {}
+        if "event" in df.columns:
+            ev = df["event"].astype(object).where(df["event"].notna(), "").astype(str).to_numpy()
+            if event_names is None:
+                event_names = ("", *sorted(set(ev) - {""}))
+            code = {n: i for i, n in enumerate(event_names)}
+            ctx["events"] = np.fromiter((code.get(e, 0) for e in ev[order]), np.int64, len(order))
+            ctx["event_names"] = tuple(event_names)
+        if "value" in df.columns:
+            ctx["values"] = df["value"].to_numpy(dtype=np.float32, na_value=np.nan)[order]
+        if "user_id" in df.columns:
+            ucodes, _ = pd.factorize(df["user_id"].to_numpy(), use_na_sentinel=True)
+            ctx["users"] = ucodes.astype(np.int64)[order]
+        return cls(offsets, item[order].astype(np.int64), t[order], **ctx)
+
+
+def group_by_user(a: SessionArrays) -> SessionArrays:
+    """``train.sequence_key: user``: each user's sessions as one sequence (events by time,
+    ties in their session order), sequences ordered by their first event; events without a
+    user keep their session as a sequence of its own."""
+    if a.users is None:
+        raise ValueError("train.sequence_key=user needs the user of every event (the data has no user_id)")
+    sess = np.repeat(np.arange(a.n_sessions), np.diff(a.offsets))
+    n_users = int(a.users.max()) + 1 if a.users.size else 0
+    key = np.where(a.users >= 0, a.users, n_users + sess)
+    ts = a.ts if a.ts is not None else np.arange(a.n_events, dtype=np.float64)
+    order = np.lexsort((np.arange(a.n_events), ts, key))
+    k = key[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    lens = np.diff(np.r_[starts, k.size])
+    seq_order = np.lexsort((k[starts], ts[order][starts]))  # by first event's time, then key
+    idx = np.concatenate([order[starts[s]: starts[s] + lens[s]] for s in seq_order]) if k.size else order
+    offsets = np.zeros(lens.size + 1, dtype=np.int64)
+    np.cumsum(lens[seq_order], out=offsets[1:])
+
+    def pick(x):
+        return None if x is None else x[idx]
+
+    return SessionArrays(offsets, a.items[idx], pick(a.ts), pick(a.events), pick(a.values), pick(a.users),
+                         a.event_names, a.item_features)
 
 
 def n_training_pairs(arrays: SessionArrays) -> int:

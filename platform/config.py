@@ -40,7 +40,7 @@ class ConfigError(ValueError):
 class StrictModel(BaseModel):
     """Base of every rayrec config: frozen, unknown keys rejected."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -1,4 +1,4 @@
-"""Canonical tables (DESIGN.md section 3).
+"""Canonical tables (docs/your_data.md: the canonical schema).
 
 Interactions: ``user_id`` (string, nullable), ``session_id`` (string, nullable until
 sessionized), ``item_id`` (string), ``ts`` (timestamp[ms, UTC]), ``event``

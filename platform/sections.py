@@ -16,9 +16,10 @@ Data code may import this module; it imports nothing of training.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rayrec.platform.config import StrictModel
 
@@ -94,6 +95,9 @@ class RunSection(StrictModel):
     max_failures: int = Field(0, ge=-1)
     """Ray Train restarts of the worker group from the latest checkpoint (-1: forever)."""
     keep_checkpoints: int | None = Field(2, ge=1)
+    keep_versions: int = Field(3, ge=1)
+    """Embedding models: published versions kept (``rayrec.platform.embeddings``; the
+    current one always)."""
     checkpoint: bool = True
     """False reports metrics only (huge catalogs in benchmarks)."""
 
@@ -123,6 +127,20 @@ class TrainSection(StrictModel):
     fail_at_epoch: int | None = None
     """Testing aid: the last rank raises once, after the checkpoint of this epoch, to
     exercise FailureConfig-based recovery."""
+    init_from: str | None = None
+    """Warm start: a checkpoint directory (or a run directory: its latest checkpoint) of the
+    same model.  A new run starts from its weights: item rows are copied by item id (items
+    new in the data keep their fresh initialisation), every other parameter must have the
+    same shape.  Ignored when the run resumes from its own checkpoint."""
+    sequence_key: Literal["session", "user"] = "session"
+    """Session models: what one training and validation sequence is: a ``session`` (seed 003)
+    or a ``user``'s sessions joined in time order (the data needs ``user_id``; events without
+    a user keep their session as a sequence of their own).  Data-parallel shards are whole
+    sequences, so a user's history never spans two workers."""
+    bptt: int = Field(1, ge=1)
+    """Truncated back-propagation through time: one optimiser step per ``bptt`` consecutive
+    session-parallel steps, gradients flowing through all of them (1: one step, GRU4Rec's
+    training).  Only models whose task says ``supports_bptt`` accept more than 1."""
 
 
 class SyntheticData(StrictModel):
@@ -148,6 +166,21 @@ class DataSection(StrictModel):
     section 3.1); None keeps all."""
     synthetic: SyntheticData | None = None
     """When set, ``path`` is ignored and random data of this shape is generated."""
+    splits: list[str] | None = None
+    """Embedding models: the splits whose per-user sequences they train on (default
+    ``train``, ``valid_input``, ``test_input``; never a ``*_target``)."""
+    embeddings: str | None = None
+    """History models and the sampled-candidates evaluation: a published embedding version,
+    ``<run dir>@<version|current>`` (``runs/item2vec-ml100k@current``); a relative local
+    run dir is made absolute when the config is read (Ray workers run elsewhere)."""
+
+    @field_validator("embeddings")
+    @classmethod
+    def _abs_embeddings(cls, v: str | None) -> str | None:
+        if v is None or "://" in v:
+            return v
+        root, sep, version = v.rpartition("@")
+        return os.path.abspath(root) + sep + version if sep else os.path.abspath(v)
 
     @model_validator(mode="after")
     def _synthetic_catalog(self) -> DataSection:

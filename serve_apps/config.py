@@ -121,6 +121,11 @@ class SessionArgs(_Section):
     max_events: int = Field(200, ge=1, le=10_000)
     """Events kept per session (the oldest are dropped)."""
     max_user_items: int = Field(500, ge=1)
+    max_user_events: int = Field(200, ge=1, le=10_000)
+    """Events kept per user (replayed by models with a user memory; the oldest are dropped)."""
+    max_clock_skew_s: float = Field(300.0, ge=0)
+    """An event older than its user's newest stored event by more than this is a per-row
+    rejection of ``POST /events``."""
     popularity_refresh_s: float = Field(5.0, gt=0)
     popularity_window_s: float = Field(3600.0, gt=0)
     """Online popularity: distinct sessions per item within this window."""
@@ -154,7 +159,9 @@ class SessionArgs(_Section):
     def store_limits(self) -> StoreLimits:
         return StoreLimits(idle_ttl_s=self.idle_ttl_s, max_events=self.max_events,
                            max_user_items=self.max_user_items,
-                           popularity_window_s=self.popularity_window_s)
+                           popularity_window_s=self.popularity_window_s,
+                           max_user_events=self.max_user_events,
+                           max_clock_skew_s=self.max_clock_skew_s)
 
 
 class DailyArgs(_Section):
@@ -189,11 +196,15 @@ class EventsArgs(_Section):
 
 
 class CatalogArgs(_Section):
-    """Item metadata for the category filters."""
+    """Item metadata for the category filters and ``include_metadata`` responses."""
 
     section: ClassVar[str] = "catalog"
     item_metadata: str | None = None
-    """CSV/Parquet with columns item_id, category."""
+    """CSV/Parquet with columns item_id, category (and, optionally, title), e.g. the daily
+    job's ``item_metadata.parquet``."""
+    category_sep: str | None = Field("|", min_length=1)
+    """Separator of several categories in one ``category`` value (``Action|Comedy``: an item
+    matches a filter if any of its categories does); None: one category per item."""
 
 
 class LimitsArgs(_Section):

@@ -67,6 +67,7 @@ from rayrec.serve_apps.schemas import (
     EventIn,
     EventsIn,
     EventsOut,
+    ItemMeta,
     RecOptions,
     RecsOut,
     Rejected,
@@ -114,7 +115,8 @@ class SessionRecommender:
         self.args = args
         s = args.session
         torch.set_num_threads(s.torch_threads)
-        self.categories = read_item_metadata(args.catalog.item_metadata)
+        self.categories, self.titles = read_item_metadata(args.catalog.item_metadata,
+                                                          args.catalog.category_sep)
         self.store = make_session_store(s.store, s.store_limits(), s.key_prefix)
         # The model comes from user_config only (Serve calls reconfigure right after
         # __init__), resolved once per rollout by build_app: a restarted replica gets the
@@ -132,7 +134,7 @@ class SessionRecommender:
     def _load(self, name: str) -> SessionModel:
         model_dir = self.args.session.model_dir
         path = resolve_model_path(model_dir, name)
-        m = SessionModel(path, name=name, categories=self.categories)
+        m = SessionModel(path, name=name, categories=self.categories, titles=self.titles)
         m.popularity = self._popularity(m)
         return m
 
@@ -319,7 +321,7 @@ class DailyRecommender:
         cur = self.store.current()  # type: ignore[union-attr]
         return StoreVersions(
             None if cur is None else cur.version,
-            [StoreVersion(v.version, v.as_of, v.model_version, v.n_rows, v.is_current)
+            [StoreVersion(v.version, v.as_of, v.model_version, v.n_rows, v.is_current, v.backfill)
              for v in self.store.versions()],  # type: ignore[union-attr]
             None if cur is not None else f"daily store {self.path.name}: no published version")
 
@@ -533,7 +535,8 @@ class Ingress:
         self.store = make_session_store(s.store, s.store_limits(), s.key_prefix, **kw)
         self.log = (EventLog(ev.log_dir, format=ev.format, rotate_bytes=ev.rotate_bytes)
                     if ev.log_dir else None)
-        self.catalog = ItemCatalog([], read_item_metadata(args.catalog.item_metadata))
+        self.catalog = ItemCatalog([], *read_item_metadata(args.catalog.item_metadata,
+                                                           args.catalog.category_sep))
         entries = [(t.name, t.sha256, t.scopes) for t in args.auth.tokens]
         if args.auth.tokens_file:
             entries += TokenTable.read_file(args.auth.tokens_file)
@@ -574,10 +577,27 @@ class Ingress:
             lists.append(self.store.user_items(uid))
         return lists
 
+    def _metadata(self, items: list[str], o: RecOptions) -> list[ItemMeta] | None:
+        """Per returned item its categories and title (``include_metadata``), else None."""
+        if not o.include_metadata:
+            return None
+        return [ItemMeta(**self.catalog.metadata(i)) for i in items]
+
     def _score_request(self, items: list[str], k: int, exclude: list[str], o: RecOptions,
                        strict: bool = False) -> ScoreRequest:
         return ScoreRequest(list(items), k, exclude, list(o.include_categories),
                             list(o.exclude_categories), strict)
+
+    def _with_context(self, req: ScoreRequest, st: SessionState, now: float) -> ScoreRequest:
+        """The stored events with their times, types and values (and, for a session with a
+        user, the user's events across sessions) plus the request time: what models with
+        per-event context replay (the others read ``items`` only)."""
+        def rows(evs):
+            return [(e.item_id, int(e.ts), e.event, e.value) for e in evs]
+
+        user = rows(self._store_read(self.store.user_events, st.user_id)) if st.user_id else None
+        return dataclasses.replace(req, events=rows(st.events), user_events=user,
+                                   now_ms=int(now * 1000))
 
     async def _call(self, method, *args):
         """A handle call with a deadline, retried once: a replica that died under the call
@@ -727,16 +747,18 @@ class Ingress:
             o.exclude_items,
             self._store_read(self._consumed, st) if self._excluding_consumed(o) else ())
         req = self._score_request(items, k, exclude, o)
+        now = time.time()
         if st is not None:  # the stored session's version: its encoding is cached under it
             req = dataclasses.replace(
                 req, cache_key=f"{session_id}:{len(items)}:{st.updated_at!r}:{st.last_ts}")
+            req = self._with_context(req, st, now)
         res = await self._session_call(req, o.model)
         since = None if st is None or st.last_ts is None else \
-            max(0.0, time.time() - st.last_ts / 1000.0)
+            max(0.0, now - st.last_ts / 1000.0)
         return RecsOut(items=res.items, scores=res.scores, source=res.source,
                        item_sources=[res.source] * len(res.items), model=res.model,
                        session_events=len(items), seconds_since_last_event=since,
-                       unknown_items=res.unknown_items)
+                       unknown_items=res.unknown_items, metadata=self._metadata(res.items, o))
 
     @api.get("/sessions/{session_id}/recommendations", response_model=RecsOut)
     async def session_recs(
@@ -745,10 +767,11 @@ class Ingress:
         include_categories: list[str] = Query([], max_length=100),
         exclude_categories: list[str] = Query([], max_length=100),
         model: str | None = Query(None, pattern=MODEL_NAME_REGEX),
+        include_metadata: bool = Query(False, description="add each item's categories and title"),
     ) -> RecsOut:
         return await self._session_recs(session_id, RecOptions(
             k=k, exclude_consumed=exclude_consumed, include_categories=include_categories,
-            exclude_categories=exclude_categories, model=model))
+            exclude_categories=exclude_categories, model=model, include_metadata=include_metadata))
 
     @api.post("/sessions/{session_id}/recommendations", response_model=RecsOut)
     async def session_recs_post(self, session_id: str, body: RecOptions) -> RecsOut:
@@ -770,7 +793,8 @@ class Ingress:
             self._score_request(body.items, k, exclude, body, body.strict_items), body.model)
         return RecsOut(items=res.items, scores=res.scores, source=res.source,
                        item_sources=[res.source] * len(res.items), model=res.model,
-                       session_events=len(body.items), unknown_items=res.unknown_items)
+                       session_events=len(body.items), unknown_items=res.unknown_items,
+                       metadata=self._metadata(res.items, body))
 
     @api.get("/users/{user_id}/recommendations", response_model=RecsOut)
     async def user_recs(
@@ -782,6 +806,7 @@ class Ingress:
         exclude_consumed: bool | None = None,
         include_categories: list[str] = Query([], max_length=100),
         exclude_categories: list[str] = Query([], max_length=100),
+        include_metadata: bool = Query(False, description="add each item's categories and title"),
     ) -> RecsOut:
         """Daily recommendations (seed 000), optionally blended with a live session.
 
@@ -790,7 +815,8 @@ class Ingress:
         _check_id(user_id, "user_id")
         o = self._opts(RecOptions(k=k, exclude_consumed=exclude_consumed,
                                   include_categories=include_categories,
-                                  exclude_categories=exclude_categories))
+                                  exclude_categories=exclude_categories,
+                                  include_metadata=include_metadata))
         inc, exc = o.include_categories, o.exclude_categories
         if inc or exc:
             try:
@@ -812,7 +838,8 @@ class Ingress:
         session_items: list[str] = []
         from_session = False
         if st is not None and st.events:
-            res = await self._session_call(self._score_request(st.item_ids, k, excluded, o))
+            res = await self._session_call(self._with_context(
+                self._score_request(st.item_ids, k, excluded, o), st, time.time()))
             if res.source == "session":
                 session_items, from_session = res.items, True
         items = policy.blend(
@@ -826,7 +853,8 @@ class Ingress:
                        source=policy.blend_source(bool(daily_items), from_session),
                        item_sources=policy.item_sources(items, session_items, daily_items),
                        store_version=None if daily is None else daily.version,
-                       session_events=0 if st is None else len(st.events))
+                       session_events=0 if st is None else len(st.events),
+                       metadata=self._metadata(items, o))
 
     @api.get("/versions")
     async def versions(self) -> dict:

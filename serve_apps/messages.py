@@ -49,6 +49,16 @@ class ScoreRequest:
     """The stored session's identity and version (id, event count, last update): the
     session recommender caches the session's encoding under it, so a session is encoded
     once per new event instead of on every request (a new event changes the key)."""
+    events: list[tuple[str, int, str, float | None]] | None = None
+    """The stored session's events ``(item_id, ts unix ms, event, value)``, oldest first, for
+    models whose scorer reads per-event context (``encode_events``: time, event type, value);
+    None: ``items`` only."""
+    user_events: list[tuple[str, int, str, float | None]] | None = None
+    """The session's user's stored events across sessions (the session's own included),
+    oldest first: replayed by models with a user memory (scorer ``context_scope: user``)."""
+    now_ms: int | None = None
+    """The prediction moment (the request time, unix ms): the last replayed event's time
+    delta is measured to it (the ``seconds_since_last_event`` of the response)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,8 @@ class StoreVersion:
     model_version: str
     n_rows: int
     is_current: bool
+    backfill: bool = False
+    """Stored by a ``--backfill`` daily run: listed, never made current by a publish."""
 
 
 @dataclass(frozen=True)

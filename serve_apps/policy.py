@@ -7,7 +7,8 @@ response may hold and in which order is made here, once:
 * :func:`exclusions`: the items a list must not contain (the request's explicit
   ``exclude_items`` plus, when consumed items are excluded, the session's and the user's
   items).  Every endpoint computes its exclusions with it.
-* :class:`ItemCatalog` and :func:`filter_ranked`: the category include / exclude filters.
+* :class:`ItemCatalog` and :func:`filter_ranked`: the category include / exclude filters
+  (multi-valued categories: any match counts) and the per-item metadata of responses.
 * :func:`blend`: a session list and a daily list merged into one (seed 004's point: the
   session model catches the current intent, the collaborative daily model the long-term
   taste); :func:`blend_source` names what the answer came from.
@@ -19,7 +20,7 @@ response may hold and in which order is made here, once:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Literal, get_args
 
 import numpy as np
@@ -72,21 +73,32 @@ def exclusions(explicit: Iterable[str], consumed: Iterable[Iterable[str]] = ()) 
 
 # ---- filters ------------------------------------------------------------------------------
 class ItemCatalog:
-    """The item index (``item_ids[i]`` is item_idx ``i``) plus optional categories, and the
-    category include / exclude filters over them."""
+    """The item index (``item_ids[i]`` is item_idx ``i``) plus optional categories and titles,
+    and the category include / exclude filters over them.
 
-    def __init__(self, item_ids: Sequence[str], categories: dict[str, str] | None = None):
+    ``categories``: ``item_id -> category`` or ``item_id -> [categories]`` (multi-valued: an
+    item matches an include filter when *any* of its categories is included, and is removed
+    by an exclude filter when any of them is excluded); ``titles``: ``item_id -> title``."""
+
+    def __init__(self, item_ids: Sequence[str],
+                 categories: Mapping[str, str | Sequence[str]] | None = None,
+                 titles: Mapping[str, str] | None = None):
         self.item_ids = list(item_ids)
         self.index = {it: i for i, it in enumerate(self.item_ids)}
         self.n = len(self.item_ids)
-        self.category_of = dict(categories or {})
-        self.categories = sorted(set(self.category_of.values()))
+        self.categories_of: dict[str, tuple[str, ...]] = {
+            it: (c,) if isinstance(c, str) else tuple(dict.fromkeys(c))
+            for it, c in (categories or {}).items()}
+        self.titles = dict(titles or {})
+        self.categories = sorted({c for cs in self.categories_of.values() for c in cs})
         self._code = {c: i for i, c in enumerate(self.categories)}
-        self._cat_codes = np.full(self.n, -1, dtype=np.int64)
-        for it, c in self.category_of.items():
+        members: list[list[int]] = [[] for _ in self.categories]
+        for it, cs in self.categories_of.items():
             j = self.index.get(it)
             if j is not None:
-                self._cat_codes[j] = self._code[c]
+                for c in cs:
+                    members[self._code[c]].append(j)
+        self._members = [np.asarray(m, dtype=np.int64) for m in members]  # per category: item_idx
         self._mask_cache: dict[tuple, torch.Tensor | None] = {}
 
     def indices(self, item_ids: Iterable[str]) -> list[int]:
@@ -101,6 +113,12 @@ class ItemCatalog:
             known = ", ".join(self.categories[:20]) or "(no item metadata loaded)"
             raise ValueError(f"{field}: unknown categor(y/ies) {unknown[:5]}; known: {known}")
 
+    def _any_of(self, names: Sequence[str]) -> np.ndarray:
+        m = np.zeros(self.n, dtype=bool)
+        for c in names:
+            m[self._members[self._code[c]]] = True
+        return m
+
     def allowed_mask(
         self, include: Sequence[str] = (), exclude: Sequence[str] = ()
     ) -> torch.Tensor | None:
@@ -111,12 +129,9 @@ class ItemCatalog:
         if key not in self._mask_cache:
             self.check_categories(include, "include_categories")
             self.check_categories(exclude, "exclude_categories")
-            codes = self._cat_codes
-            m = np.ones(self.n, dtype=bool)
-            if include:
-                m &= np.isin(codes, [self._code[c] for c in include])
+            m = self._any_of(include) if include else np.ones(self.n, dtype=bool)
             if exclude:
-                m &= ~np.isin(codes, [self._code[c] for c in exclude])
+                m &= ~self._any_of(exclude)
             if len(self._mask_cache) > 256:
                 self._mask_cache.clear()
             self._mask_cache[key] = torch.from_numpy(m)
@@ -124,10 +139,15 @@ class ItemCatalog:
 
     def allowed(self, item_id: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
         """The category filters for one id (ids without a category pass ``exclude`` only)."""
-        c = self.category_of.get(item_id)
-        if include and c not in include:
+        cs = self.categories_of.get(item_id, ())
+        if include and not any(c in include for c in cs):
             return False
-        return not (exclude and c in exclude)
+        return not (exclude and any(c in exclude for c in cs))
+
+    def metadata(self, item_id: str) -> dict:
+        """``{item_id, categories, title}`` of one id (``[]`` / None when unknown)."""
+        return {"item_id": item_id, "categories": list(self.categories_of.get(item_id, ())),
+                "title": self.titles.get(item_id) or None}
 
 
 def filter_ranked(

@@ -20,6 +20,7 @@ __all__ = [
     "EventIn",
     "EventsIn",
     "EventsOut",
+    "ItemMeta",
     "RecOptions",
     "RecsOut",
     "Rejected",
@@ -80,6 +81,15 @@ class EventsOut(_Strict):
     sessions: int
 
 
+class ItemMeta(_Strict):
+    """An item's metadata (``catalog.item_metadata``): its categories and title."""
+
+    item_id: str
+    categories: list[str] = Field(default_factory=list)
+    """Every category of the item ([] when it has none or is not in the metadata)."""
+    title: str | None = None
+
+
 class RecOptions(_Strict):
     k: StrictInt | None = Field(None, ge=1, le=HARD_MAX_K)
     exclude_consumed: StrictBool | None = None
@@ -87,6 +97,8 @@ class RecOptions(_Strict):
     exclude_categories: list[str] = Field(default_factory=list, max_length=100)
     exclude_items: list[str] = Field(default_factory=list, max_length=HARD_MAX_LIST)
     model: str | None = Field(None, pattern=MODEL_NAME_REGEX)
+    include_metadata: StrictBool = False
+    """Add ``metadata`` (categories, title) per returned item to the response."""
 
 
 class StatelessIn(RecOptions):
@@ -106,6 +118,8 @@ class RecsOut(_Strict):
     session_events: int = 0
     seconds_since_last_event: float | None = None
     unknown_items: int = 0
+    metadata: list[ItemMeta] | None = None
+    """With ``include_metadata=true``: one entry per item of ``items``, same order."""
 
 
 class RollbackIn(_Strict):

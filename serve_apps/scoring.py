@@ -10,6 +10,11 @@ scoring and the popularity fallback.  The session deployment
   by one; the next-item scores are ``score(h_T)`` over the whole catalogue, as in
   evaluation), then one fused scoring + exclusion + top-K call (GRU4Rec:
   ``rayrec.ops_kernels.topk_scores``); the ``(B, N)`` score matrix is never built.
+* A scorer with per-event context (``encode_events``, e.g. HRNN-meta, seed 001 section 2.2)
+  replays the stored events with their times, types and values (the user's events across
+  sessions for a scorer whose ``context_scope`` is ``user``), the last event's time delta
+  measured to the request time: what the training batcher feeds, so served and offline top-K
+  agree for equal events and time deltas.
 * :class:`Popularity` keeps the popularity order fresh from the session store's online
   counters (the order itself is :func:`rayrec.serve_apps.policy.popularity_order`).
 """
@@ -80,19 +85,36 @@ def resolve_model_name(model_dir: str | os.PathLike[str], name: str) -> str:
     return max(cands, key=lambda p: (p.stat().st_mtime, p.name)).name
 
 
-def read_item_metadata(path: str | os.PathLike[str] | None) -> dict[str, str]:
-    """``item_id -> category`` from a CSV/Parquet file with columns item_id, category."""
+def read_item_metadata(path: str | os.PathLike[str] | None, sep: str | None = "|"
+                       ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """``(item_id -> categories, item_id -> title)`` from a CSV/Parquet file with columns
+    item_id, category and, optionally, title (the daily job's ``item_metadata.parquet``).
+    ``category`` may hold several categories joined by ``sep`` (``Action|Comedy``; None: one
+    category per item); empty ones are dropped."""
     if not path:
-        return {}
+        return {}, {}
     import pandas as pd
 
     p = Path(path)
     df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype=str)
     missing = {"item_id", "category"} - set(df.columns)
     if missing:
-        raise ValueError(f"item metadata {p}: missing column(s) {sorted(missing)}")
-    df = df.dropna(subset=["item_id", "category"])
-    return dict(zip(df["item_id"].astype(str), df["category"].astype(str)))
+        raise ValueError(f"catalog.item_metadata {p}: missing column(s) {sorted(missing)}")
+    df = df.dropna(subset=["item_id"])
+    ids = df["item_id"].astype(str).tolist()
+    cats: dict[str, list[str]] = {}
+    for it, c in zip(ids, df["category"].tolist()):
+        if c is None or (isinstance(c, float) and c != c) or c is pd.NA:
+            continue
+        parts = [x.strip() for x in (str(c).split(sep) if sep else [str(c)]) if x.strip()]
+        if parts:
+            cats[it] = parts
+    titles: dict[str, str] = {}
+    if "title" in df.columns:
+        for it, t in zip(ids, df["title"].tolist()):
+            if isinstance(t, str) and t:
+                titles[it] = t
+    return cats, titles
 
 
 class Popularity:
@@ -139,7 +161,8 @@ class SessionModel:
     is refused (:class:`~rayrec.platform.checkpoint.CheckpointError`, with the reason)."""
 
     def __init__(self, ckpt_dir: str | os.PathLike[str], name: str | None = None,
-                 categories: dict[str, str] | None = None) -> None:
+                 categories: dict[str, str | list[str]] | None = None,
+                 titles: dict[str, str] | None = None) -> None:
         loaded = load_model(ckpt_dir, kind="session")
         scorer = loaded.scorer()
         if not isinstance(scorer, ServableScorer):
@@ -151,7 +174,7 @@ class SessionModel:
         self.scorer: ServableScorer = scorer
         self.path = str(ckpt_dir)
         self.name = name or Path(ckpt_dir).name
-        self.catalog = ItemCatalog(loaded.item_ids, categories)
+        self.catalog = ItemCatalog(loaded.item_ids, categories, titles)
         self.item_index_hash = item_index_hash(loaded.item_ids)
         self.meta = loaded.checkpoint.meta
         self.loaded_at = time.time()
@@ -192,6 +215,44 @@ class SessionModel:
                 self._remember(reqs[j].cache_key, new[n])
         return torch.stack(rows)  # type: ignore[arg-type]
 
+    def _replay(self, r: ScoreRequest) -> list[tuple[int, float, int, float | None]] | None:
+        """The events a context scorer (``encode_events``) replays for ``r``: the user's stored
+        events for a scorer with ``context_scope: user`` (when the session has a user), else
+        the session's; as ``(item_idx, ts seconds, event code, value)`` of the catalogue's
+        items. None: the scorer reads items only, or the request carries no events."""
+        enc = getattr(self.scorer, "encode_events", None)
+        if enc is None or r.events is None:
+            return None
+        user = getattr(self.scorer, "context_scope", "session") == "user" and r.user_events
+        index, code = self.catalog.index, self.scorer.event_code  # type: ignore[attr-defined]
+        rows = [(index[i], ts / 1000.0, code(ev), v)
+                for i, ts, ev, v in (r.user_events if user else r.events) if i in index]
+        return sorted(rows, key=lambda row: row[1])  # time order (stable: arrival order on ties)
+
+    def _encode_live(self, reqs: Sequence[ScoreRequest], seqs: Sequence[Sequence[int]],
+                     replay: Sequence[list | None], live: list[int]) -> torch.Tensor:
+        """(B, D) for the ``live`` requests: replayed events through ``encode_events`` with
+        the time delta of the last one to the request time (never cached: it changes with
+        the clock), the rest through the cached :meth:`_encode`."""
+        ctx = [i for i in live if replay[i] is not None]
+        if not ctx:
+            return self._encode([reqs[i] for i in live], [seqs[i] for i in live])
+        plain = [i for i in live if replay[i] is None]
+        now = []
+        for i in ctx:  # an event in the accepted future skew counts as "no time elapsed"
+            last = replay[i][-1][1]
+            t = reqs[i].now_ms / 1000.0 if reqs[i].now_ms is not None else time.time()
+            now.append(max(t, last))
+        enc_ctx = self.scorer.encode_events([replay[i] for i in ctx], now)  # type: ignore[attr-defined]
+        if not plain:
+            return enc_ctx
+        enc_plain = self._encode([reqs[i] for i in plain], [seqs[i] for i in plain])
+        out = torch.empty(len(live), enc_ctx.shape[1], dtype=enc_ctx.dtype, device=enc_ctx.device)
+        pos = {i: j for j, i in enumerate(live)}
+        out[[pos[i] for i in ctx]] = enc_ctx
+        out[[pos[i] for i in plain]] = enc_plain.to(out.device)
+        return out
+
     def _remember(self, key: str | None, row: torch.Tensor) -> None:
         if key is None:
             return
@@ -213,10 +274,14 @@ class SessionModel:
         cat = self.catalog
         seqs = [cat.indices(r.items) for r in reqs]
         unknown = [len(r.items) - len(s) for r, s in zip(reqs, seqs)]
+        replay = [self._replay(r) for r in reqs]  # per-event context rows, or None
+        for i, rows in enumerate(replay):
+            if rows is not None:
+                seqs[i] = [row[0] for row in rows]
         results: list[ScoreResult | None] = [None] * len(reqs)
         live = [i for i, s in enumerate(seqs) if s]
         if live:
-            enc = self._encode([reqs[i] for i in live], [seqs[i] for i in live])  # (B, D)
+            enc = self._encode_live(reqs, seqs, replay, live)  # (B, D)
             groups: dict[tuple, list[int]] = {}
             for row, i in enumerate(live):
                 r = reqs[i]

@@ -25,6 +25,34 @@ def synthetic_sessions(root: Path, n_events: int = 6000, n_items: int = 300, see
     return str(root / "data")
 
 
+def synthetic_user_sessions(root: Path, n_events: int = 3000, n_items: int = 100, n_users: int = 40,
+                            seed: int = 5) -> str:
+    """Preprocess a synthetic log with user ids (a ``user_id,item_id,ts`` CSV: sessions cut at
+    30-minute gaps, 1 test day) into ``root/data``, with an ``item_meta.parquet`` giving every
+    item one ``genre`` (item id mod 5)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayrec.platform.preprocessing.synthetic import write_user_csv
+
+    src = write_user_csv(generate_events(n_events, n_items=n_items, n_users=n_users, seed=seed, days=6),
+                         root / "ev.csv")
+    out = root / "data"
+    cfg = load_config(
+        PreprocessJobConfig, None,
+        ["source.format=csv", f"source.path={src}", "source.ts_format=unix_s",
+         "source.column_map={user_id: user_id, item_id: item_id, ts: ts}", "split.test_days=1",
+         "split.valid_days=1", f"output.path={out}", "ray.use_ray=false", "filter.min_item_support=2"],
+    )
+    run_preprocess(cfg, log=lambda _m: None)
+    items = pd.read_parquet(out / "items.parquet")
+    meta = pd.DataFrame({"item_id": items["item_id"].astype(str),
+                         "genre": [f"g{int(x) % 5}" for x in items["item_id"]]})
+    pq.write_table(pa.Table.from_pandas(meta, preserve_index=False), out / "item_meta.parquet")
+    return str(out)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for heads, dashboards, Serve)."""
     with socket.socket() as s:

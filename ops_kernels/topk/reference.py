@@ -1,7 +1,7 @@
 """Chunked scoring + top-K over the catalog with per-row exclusions: CPU path and oracle.
 
 Serving and the evaluation protocols need the ``k`` best items of ``score = h W^T + b`` for
-each row, minus the items the user already consumed (DESIGN.md section 5, future-window
+each row, minus the items the user already consumed (seed 000 section 5, future-window
 protocol). The naive path builds the ``(B, N)`` score matrix; here the catalog is scanned in
 chunks of ``chunk`` items and a running top-``k`` is merged chunk by chunk
 (``topk(cat(running, topk(chunk)))``), so memory is ``O(B (chunk + k))``.

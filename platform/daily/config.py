@@ -25,7 +25,10 @@ from rayrec.platform.training.config import TrainJobConfig
 __all__ = [
     "BatchPredictJobConfig",
     "DailyJobConfig",
+    "MetadataConfig",
     "PredictConfig",
+    "PublishConfig",
+    "SanityConfig",
     "StoreConfig",
     "WindowConfig",
 ]
@@ -94,6 +97,41 @@ class WindowConfig(StrictModel):
         return self
 
 
+class SanityConfig(StrictModel):
+    """Checks of the as-of windows before training (degenerate data is never silent)."""
+
+    min_train_users: int = Field(20, ge=1)
+    """Users with an output purchase in the training window (X = [dx, dxy) -> Y = [dxy, dyz))."""
+    min_eval_users: int = Field(20, ge=1)
+    """Users with a purchase in the future window (XY = [dx, dyz) -> Z = [dyz, dz)); not
+    checked when the future window is empty (as-of at the end of the data)."""
+    on_small: Literal["error", "warn"] = "error"
+    """``error``: stop before training (nothing is published); ``warn``: a WARNING line with
+    the counts, recorded in ``evaluation.json``, and the run goes on."""
+
+
+class PublishConfig(StrictModel):
+    """Floors the evaluated model must reach to be published (``--force`` publishes anyway).
+    Checked on the future window; skipped (and said so) when it is empty."""
+
+    k: int | None = Field(None, ge=1)
+    """The K of ``precision@K`` compared (default: the largest of ``train.eval.ks``)."""
+    min_precision: float | None = Field(None, ge=0.0, le=1.0)
+    """Refuse to publish below this ``precision@K``."""
+    min_pop_ratio: float | None = Field(None, ge=0.0)
+    """Refuse to publish below this fraction of POP's ``precision@K`` (1.0: at least POP)."""
+
+
+class MetadataConfig(StrictModel):
+    """How ``source.item_metadata`` is read and where the daily job writes it for serving."""
+
+    category_sep: str = Field("|", min_length=1)
+    """Separator of multi-valued categories (``Action|Comedy``)."""
+    output_path: str | None = None
+    """The item metadata file for the recommender's ``catalog.item_metadata`` (columns
+    item_id, category, title); default ``item_metadata.parquet`` next to ``store.path``."""
+
+
 class DailyJobConfig(StrictModel):
     source: SourceConfig
     validation: ValidateConfig = Field(default_factory=ValidateConfig)
@@ -109,6 +147,9 @@ class DailyJobConfig(StrictModel):
     ray: RaySection = Field(default_factory=RaySection)
     """Batch prediction: Ray Data actors (``use_ray: true``) or this process; the training
     step has its own ``train.ray``."""
+    sanity: SanityConfig = Field(default_factory=SanityConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     plot: bool = True
     fail_at: Literal["preprocess", "train", "evaluate", "predict"] | None = None
     """Testing aid: raise at the start of this step (a failed step publishes nothing)."""
@@ -117,3 +158,16 @@ class DailyJobConfig(StrictModel):
     @classmethod
     def _train(cls, v: Any) -> Any:
         return _daily_train(v)
+
+    @model_validator(mode="after")
+    def _metadata(self) -> DailyJobConfig:
+        if self.source.user_metadata is not None:
+            raise ValueError(
+                "source.user_metadata is not used by the daily job (the daily model has no "
+                "user features and serving has no user filters): remove it")
+        if self.source.item_metadata is not None and self.source.paths is not None:
+            raise ValueError("source.item_metadata needs source.path (one event file)")
+        k = self.publish.k
+        if k is not None and k not in self.train.eval.ks:
+            raise ValueError(f"publish.k={k} must be one of train.eval.ks {list(self.train.eval.ks)}")
+        return self

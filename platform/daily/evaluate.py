@@ -114,7 +114,11 @@ def plot_decay(
 
     ``observed``: the buckets that held training purchases (others never receive a gradient
     and keep their initial weight 1); the fit then uses those buckets only, and the plot
-    marks the untrained ones.  None fits all 32 (``fit_parametric_decay``)."""
+    marks the untrained ones.  None fits all 32 (``fit_parametric_decay``).
+
+    A fit beyond the observed horizon (the oldest observed bucket's end: a nearly flat
+    learned curve, e.g. a handful of users) is no decay at all: ``decay_days`` is then None
+    and ``note`` says why, instead of a "decay of 15,689 days"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,13 +133,17 @@ def plot_decay(
     else:
         obs = np.asarray(sorted(int(i) for i in observed), dtype=np.int64)
         decay, scale = _fit_observed(curve, centres, obs)
-    t = np.linspace(0, centres[obs].max() if obs.size else DECAY_HORIZON_DAYS, 400)
+    horizon = float(centres[obs].max() + width / 2) if obs.size else DECAY_HORIZON_DAYS
+    flat = not decay <= horizon
+    t = np.linspace(0, horizon, 400)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(centres[obs], curve[obs], "o-", label="learned convolutional decay (eq. 4)")
     rest = np.setdiff1d(np.arange(DECAY_BUCKETS), obs)
     if rest.size:
         ax.plot(centres[rest], curve[rest], "x", color="grey", label="buckets without data (untrained)")
-    ax.plot(t, scale / (1 + t / decay), "--", label=f"parametric fit (eq. 5): decay={decay:.1f} d")
+    fit_label = (f"parametric fit (eq. 5): flat, no decay within {horizon:.0f} d" if flat
+                 else f"parametric fit (eq. 5): decay={decay:.1f} d")
+    ax.plot(t, scale / (1 + t / decay), "--", label=fit_label)
     ax.set_xlabel("days before the input window end")
     ax.set_ylabel("input weight")
     ax.set_title(title or "Time decay: learned vs parametric")
@@ -144,17 +152,24 @@ def plot_decay(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return {"decay_days": float(decay), "scale": float(scale), "observed_buckets": [int(i) for i in obs]}
+    out: dict[str, Any] = {"decay_days": None if flat else float(decay), "scale": float(scale),
+                           "observed_buckets": [int(i) for i in obs], "horizon_days": horizon}
+    if flat:
+        out["note"] = (f"no time decay learned within the observed {horizon:.0f} days (the least-squares "
+                       f"fit, {decay:.0f} d, lies beyond the data; often too few users or purchases)")
+    return out
 
 
 def table_markdown(rows: list[dict[str, Any]], ks: Sequence[int]) -> str:
-    head = "| model | " + " | ".join(f"P@{k}" for k in ks) + " | " + " | ".join(f"PCC@{k}" for k in ks) + " |"
-    sep = "|" + "---|" * (1 + 2 * len(ks))
+    """One row per model: P@K, PCC@K and the number of evaluated users (``n_users``)."""
+    head = ("| model | " + " | ".join(f"P@{k}" for k in ks) + " | " + " | ".join(f"PCC@{k}" for k in ks)
+            + " | n_users |")
+    sep = "|" + "---|" * (2 + 2 * len(ks))
     lines = [head, sep]
     for r in rows:
         p = " | ".join(f"{r[f'precision@{k}']:.4f}" for k in ks)
         c = " | ".join(f"{r[f'pcc@{k}']:.4f}" for k in ks)
-        lines.append(f"| {r['model']} | {p} | {c} |")
+        lines.append(f"| {r['model']} | {p} | {c} | {r.get('n_users', '')} |")
     return "\n".join(lines)
 
 

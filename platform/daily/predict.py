@@ -158,8 +158,11 @@ def _rows_iter(rows: list[Row]) -> Iterator[Row]:
 
 
 def publish_predictions(
-    store: RecommendationStore, rows: list[Row], as_of: str, model_version: str
+    store: RecommendationStore, rows: list[Row], as_of: str, model_version: str,
+    make_current: bool = True,
 ) -> str:
     """Publish ``rows`` as version ``<as_of>-<model_version>``; returns the version now
-    holding ``(as_of, model_version)`` (the existing one when re-run)."""
-    return store.publish(f"{as_of}-{model_version}", as_of, model_version, _rows_iter(rows))
+    holding ``(as_of, model_version)`` (the existing one when re-run).  ``make_current=False``:
+    a backfill, stored without moving ``current``."""
+    return store.publish(f"{as_of}-{model_version}", as_of, model_version, _rows_iter(rows),
+                         make_current=make_current)

@@ -26,6 +26,7 @@ __all__ = [
     "pcc_at_k",
     "catalog_coverage",
     "perplexity",
+    "ranks_mean",
 ]
 
 
@@ -66,6 +67,17 @@ def ranks_conservative(scores: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return (scores >= target_scores).sum(dim=1).to(torch.long)
 
 
+def ranks_mean(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each row's target with exact ties resolved by their mean position:
+    ``1 + #{j : s_j > s_t} + (#{j != t : s_j == s_t}) / 2`` (float64; the expected rank of a
+    random order among the tied items, seed 001's cold-start evaluation).  Checks as
+    :func:`ranks_conservative`."""
+    worst = ranks_conservative(scores, targets)  # validates; 1 + greater + ties
+    target_scores = scores.gather(1, targets.to(device=scores.device, dtype=torch.long).unsqueeze(1))
+    ties = (scores == target_scores).sum(dim=1) - 1  # (B,), the target excluded
+    return worst.to(torch.float64) - ties.to(torch.float64) / 2.0
+
+
 class RankAccumulator:
     """Streams 1-based ranks and reports Recall/MRR/NDCG/Hit at several cut-offs.
 
@@ -79,7 +91,9 @@ class RankAccumulator:
     undefined; NaN makes the omission visible instead of silently reporting 0).
     """
 
-    def __init__(self, cutoffs: Sequence[int] = (5, 10, 20)) -> None:
+    def __init__(self, cutoffs: Sequence[int] = (5, 10, 20), fractional: bool = False) -> None:
+        """``fractional``: ranks may be non-integer (mean ties, :func:`ranks_mean`)."""
+        self.fractional = bool(fractional)
         cut = tuple(int(k) for k in cutoffs)
         if not cut:
             raise ValueError("cutoffs must not be empty")
@@ -101,11 +115,11 @@ class RankAccumulator:
         if r.size == 0:
             return
         if not np.issubdtype(r.dtype, np.integer):
-            if not np.all(np.isfinite(r)) or np.any(r != np.floor(r)):
+            if not np.all(np.isfinite(r)) or (not self.fractional and np.any(r != np.floor(r))):
                 raise ValueError("ranks must be integers")
-        r = r.astype(np.int64)
-        if int(r.min()) < 1:
-            raise ValueError(f"ranks are 1-based; got a rank of {int(r.min())}")
+        r = r.astype(np.float64) if self.fractional else r.astype(np.int64)
+        if float(r.min()) < 1:
+            raise ValueError(f"ranks are 1-based; got a rank of {r.min()}")
         rf = r.astype(np.float64)
         for k in self.cutoffs:
             inside = r <= k

@@ -18,6 +18,7 @@ Every result dict records its ``"protocol"``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from rayrec.platform.evaluation.metrics import (
     pcc_at_k,
     precision_at_k,
     ranks_conservative,
+    ranks_mean,
 )
 
 __all__ = [
@@ -40,6 +42,9 @@ __all__ = [
     "evaluate_future_window",
     "evaluate_future_window_topk",
     "evaluate_sampled_candidates",
+    "history_cases",
+    "draw_candidates",
+    "evaluate_candidate_set",
 ]
 
 
@@ -77,6 +82,9 @@ def evaluate_next_item(
     batch_size: int = 256,
     exclude_seen: bool = False,
     device: str | torch.device | None = None,
+    candidates: np.ndarray | torch.Tensor | None = None,
+    ties: str = "conservative",
+    ppl: bool = False,
 ) -> dict:
     """The ``next_item`` protocol of seed 003 section 4.
 
@@ -96,6 +104,13 @@ def evaluate_next_item(
             them; a target that repeats a seen item then ranks last (rank = n_items).
         device: where the ``items``/``reset`` tensors handed to ``scorer.step`` live (CPU by
             default); ranks are computed on the scores' device.
+        candidates: (n_items,) bool: rank the target among these items only (e.g. the cold
+            items of an ``item_holdout`` split, seed 001 Table 7); a pair whose target is not a
+            candidate is left out and counted (``n_skipped_targets``).
+        ties: ``conservative`` (a tie counts against the target, seed 003) or ``mean`` (the
+            mean position among the tied items, :func:`ranks_mean`).
+        ppl: also report ``ppl``, the perplexity ``exp(mean(-log softmax(scores)[target]))``
+            over the ranked items (models whose scores are softmax logits).
 
     Returns:
         ``RankAccumulator(cutoffs).result()`` (``recall@K``, ``mrr@K``, ``ndcg@K``, ``hit@K``,
@@ -109,13 +124,38 @@ def evaluate_next_item(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    # a scorer bound to these arrays' per-event context (time, event type, value) is handed
+    # the flat index of each row's current event as ``positions`` (seed 001 section 2.2)
+    positions = bool(getattr(scorer, "uses_event_positions", False))
+    if ties not in ("conservative", "mean"):
+        raise ValueError(f"ties must be 'conservative' or 'mean', got {ties!r}")
+    rank_fn = ranks_mean if ties == "mean" else ranks_conservative
+    cand = None
+    if candidates is not None:
+        cand = torch.as_tensor(np.asarray(candidates), dtype=torch.bool).reshape(-1)
+        if cand.numel() != n_items:
+            raise ValueError(f"candidates must be an ({n_items},) bool mask, got {cand.numel()} entries")
+        if not bool(cand.any()):
+            raise ValueError("candidates selects no item")
+    skipped, nll, n_nll = 0, 0.0, 0
 
     lengths = np.diff(offsets)  # (S,)
     queue = np.flatnonzero(lengths >= 2)  # sessions that give at least one pair
-    acc = RankAccumulator(cutoffs)
-    result_extra = {"protocol": "next_item", "n_sessions": int(queue.size)}
+    acc = RankAccumulator(cutoffs, fractional=ties == "mean")
+    result_extra: dict[str, Any] = {"protocol": "next_item", "n_sessions": int(queue.size)}
+
+    def extras() -> dict[str, Any]:
+        out = dict(result_extra)
+        if ties != "conservative":
+            out["ties"] = ties
+        if cand is not None:
+            out.update(n_candidates=int(cand.sum()), n_skipped_targets=skipped)
+        if ppl:
+            out["ppl"] = float(np.exp(nll / n_nll)) if n_nll else float("nan")
+        return out
+
     if queue.size == 0:
-        return {**acc.result(), **result_extra}
+        return {**acc.result(), **extras()}
 
     b = min(batch_size, int(queue.size))
     row_sess = queue[:b].copy()  # (B,) session id per row
@@ -130,7 +170,10 @@ def evaluate_next_item(
         cur = torch.from_numpy(items[idx]).to(dev)
         nxt = torch.from_numpy(items[idx + 1]).to(dev)
         reset_t = torch.from_numpy(reset).to(dev)
-        scores, state = scorer.step(state, cur, reset_t)
+        if positions:  # context models read the events' time / type / value by flat index
+            scores, state = scorer.step(state, cur, reset_t, positions=torch.from_numpy(idx))
+        else:
+            scores, state = scorer.step(state, cur, reset_t)
         if scores.shape != (row_sess.size, n_items):
             raise ValueError(
                 f"scorer.step returned scores of shape {tuple(scores.shape)}, expected "
@@ -140,7 +183,20 @@ def evaluate_next_item(
             seen[reset_t] = False
             seen[torch.arange(row_sess.size, device=dev), cur] = True
             scores = scores.masked_fill(seen.to(scores.device), float("-inf"))
-        acc.add(ranks_conservative(scores, nxt))
+        tgt = nxt
+        if cand is not None:
+            c = cand.to(scores.device)
+            scores = scores.masked_fill(~c, float("-inf"))  # rank among the candidates only
+            ok = c[nxt.to(scores.device)]
+            if not bool(ok.all()):
+                skipped += int((~ok).sum())
+                scores, tgt = scores[ok], nxt[ok.to(nxt.device)]
+        if tgt.numel():
+            acc.add(rank_fn(scores, tgt))
+            if ppl:
+                lp = torch.log_softmax(scores.double(), 1).gather(1, tgt.to(scores.device).unsqueeze(1))
+                nll -= float(lp.sum())
+                n_nll += int(tgt.numel())
 
         row_pos += 1
         reset[:] = False
@@ -166,7 +222,7 @@ def evaluate_next_item(
                 state = scorer.select(state, keep_t)
                 if seen is not None:
                     seen = seen[keep_t]
-    return {**acc.result(), **result_extra}
+    return {**acc.result(), **extras()}
 
 
 def evaluate_future_window(
@@ -355,3 +411,132 @@ def evaluate_sampled_candidates(
         "n_negatives": int(n_negatives),
         "gamma": float(gamma),
     }
+
+
+# ---------------------------------------------------------------------------- multi-positive
+# sampled candidates (seed 002 sections 5.1, 5.3): a held-out user's later items against
+# negatives drawn from P_gamma (eq. 5)
+
+
+@dataclass
+class HistoryCases:
+    """Held-out users as (history, positives) cases with what was left out, counted."""
+
+    users: list[Any]
+    histories: list[np.ndarray]
+    """Each case's prepared history (oldest first, distinct, non-empty)."""
+    positives: list[np.ndarray]
+    """Targets not in the history (section 5.1: only new interactions), distinct."""
+    counts: dict[str, int]
+
+
+def history_cases(input_offsets: np.ndarray, input_items: np.ndarray, target_offsets: np.ndarray,
+                  target_items: np.ndarray, max_len: int, known: np.ndarray | None = None,
+                  users: Sequence[Any] | None = None) -> HistoryCases:
+    """Cases of users whose input sequence ``u`` and targets ``u`` are CSR rows of the two
+    arrays.  ``known`` (N,) bool: items with a trained vector; history items without one are
+    dropped (``unknown_items``), targets without one excluded (``targets_without_vector``).
+    Targets already in the history are dropped (``repeat_targets``); a user left with an empty
+    history (``empty_histories``) or no positive (``users_without_positive``) is skipped."""
+    from rayrec.models.attention_cf import prepare_history
+
+    n_users = input_offsets.size - 1
+    if target_offsets.size - 1 != n_users:
+        raise ValueError(f"{n_users} input rows but {target_offsets.size - 1} target rows")
+    c = dict.fromkeys(("users", "unknown_items", "targets", "targets_without_vector", "repeat_targets",
+                       "empty_histories", "users_without_positive", "cases"), 0)
+    out = HistoryCases([], [], [], c)
+    for u in range(n_users):
+        c["users"] += 1
+        h = np.asarray(input_items[input_offsets[u]:input_offsets[u + 1]], dtype=np.int64)
+        t = np.asarray(target_items[target_offsets[u]:target_offsets[u + 1]], dtype=np.int64)
+        c["targets"] += int(t.size)
+        if known is not None:
+            c["unknown_items"] += int((~known[h]).sum())
+            h = h[known[h]]
+            c["targets_without_vector"] += int((~known[t]).sum())
+            t = t[known[t]]
+        if h.size == 0:
+            c["empty_histories"] += 1
+            continue
+        hist = prepare_history(h, max_len)
+        rep = np.isin(t, h)
+        c["repeat_targets"] += int(rep.sum())
+        pos = np.unique(t[~rep])
+        if pos.size == 0:
+            c["users_without_positive"] += 1
+            continue
+        out.users.append(users[u] if users is not None else u)
+        out.histories.append(hist)
+        out.positives.append(pos)
+        c["cases"] += 1
+    return out
+
+
+@dataclass
+class CandidateSet:
+    """Candidates drawn once per (gamma, n_negatives, seed) and shared by every model:
+    ``candidates`` (T, P + n) long, row t = its positives (padded -1 to the widest P) then
+    ``n_negatives`` negatives from P_gamma excluding its positives and history."""
+
+    cases: HistoryCases
+    candidates: np.ndarray
+    n_pos: np.ndarray
+    width_pos: int
+    gamma: float
+    n_negatives: int
+    seed: int
+
+
+def draw_candidates(cases: HistoryCases, popularity: np.ndarray, gamma: float, n_negatives: int,
+                    seed: int) -> CandidateSet:
+    """Negatives for every case from ``P_gamma(i) ∝ popularity[i]^gamma`` (eq. 5; gamma 0 is
+    uniform, 1 the empirical distribution), with the case's positives and history redrawn."""
+    from rayrec.models.samplers import PopularitySampler, sample_excluding
+
+    if n_negatives < 1:
+        raise ValueError(f"n_negatives must be positive, got {n_negatives}")
+    sampler = PopularitySampler(popularity, gamma, store_size=max(1, 4 * n_negatives * len(cases.positives)),
+                                generator=torch.Generator().manual_seed(int(seed)))
+    excl = [np.concatenate([p, h]) for p, h in zip(cases.positives, cases.histories)]
+    neg = sample_excluding(sampler, n_negatives, excl).numpy() if excl else np.zeros((0, n_negatives), np.int64)
+    n_pos = np.array([p.size for p in cases.positives], dtype=np.int64)
+    width = int(n_pos.max()) if n_pos.size else 1
+    pos = np.full((len(cases.positives), width), -1, dtype=np.int64)
+    for i, p in enumerate(cases.positives):
+        pos[i, : p.size] = p
+    return CandidateSet(cases, np.concatenate([pos, neg], 1), n_pos, width, float(gamma), int(n_negatives), int(seed))
+
+
+def evaluate_candidate_set(score_fn: Callable[[list[np.ndarray], np.ndarray], np.ndarray | torch.Tensor],
+                           cs: CandidateSet, ks: Sequence[int] = (5, 10, 20)) -> dict[str, Any]:
+    """``score_fn(histories, candidates (T, C)) -> (T, C)`` scores (padding -1 is ignored).
+
+    A positive's rank is the number of negatives scoring at least as high (conservative ties)
+    plus the positives scoring strictly higher.  NDCG over the whole list (section 5.3:
+    ``sum_pos 1/log2(2 + rank) / sum_{r < |P|} 1/log2(2 + r)``), Recall@K = positives ranked
+    in the top K / |P| (Fig. 3), both averaged over the cases."""
+    cand = cs.candidates
+    s = score_fn(cs.cases.histories, cand)
+    s = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
+    if s.shape != cand.shape:
+        raise ValueError(f"score_fn returned shape {s.shape}, expected {cand.shape}")
+    s = s.astype(np.float64)
+    if not np.isfinite(s[cand >= 0]).all():
+        raise ValueError("score_fn returned non-finite scores for real candidates")
+    w = cs.width_pos
+    ps, ns = s[:, :w], s[:, w:]  # (T, W), (T, n)
+    pvalid = cand[:, :w] >= 0
+    ps_m = np.where(pvalid, ps, -np.inf)
+    rank = (ns[:, None, :] >= ps[:, :, None]).sum(-1) + (ps_m[:, None, :] > ps[:, :, None]).sum(-1)  # (T, W)
+    disc = 1.0 / np.log2(2.0 + rank)
+    dcg = np.where(pvalid, disc, 0.0).sum(1)
+    idcg = np.array([(1.0 / np.log2(2.0 + np.arange(p))).sum() for p in cs.n_pos])
+    out: dict[str, Any] = {"protocol": "sampled_candidates", "gamma": cs.gamma, "n_negatives": cs.n_negatives,
+                           "seed": cs.seed, "n": int(cand.shape[0]),
+                           "ndcg": float((dcg / idcg).mean()) if cand.shape[0] else float("nan")}
+    for k in ks:
+        hits = np.where(pvalid, rank < k, False).sum(1)
+        out[f"recall@{k}"] = float((hits / cs.n_pos).mean()) if cand.shape[0] else float("nan")
+    out["counts"] = dict(cs.cases.counts)
+    return out

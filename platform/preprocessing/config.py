@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from rayrec.platform.config import StrictModel
 
 SourceFormat = Literal[
     "rsc15_prepared", "rsc15_raw", "movielens", "diginetica", "lastfm", "csv", "parquet"
 ]
+
+#: the canonical input columns a generic ``csv`` / ``parquet`` source maps onto
+CANONICAL_COLUMNS = ("user_id", "session_id", "item_id", "ts", "event", "value")
+TsTies = Literal["by_item", "keep_file_order", "error"]
 
 
 class SourceConfig(StrictModel):
@@ -21,7 +25,8 @@ class SourceConfig(StrictModel):
     paths: dict[str, str] | None = None
     """Already-split inputs, split name -> file (``split.name: predefined``)."""
     column_map: dict[str, str] = Field(default_factory=dict)
-    """Generic csv/parquet: canonical column -> file column."""
+    """Generic csv/parquet: canonical column -> file column (``item_id`` and ``ts`` required,
+    and ``user_id`` or ``session_id``; one file column may feed two canonical names)."""
     ts_format: Literal["unix_s", "unix_ms", "iso", "date", "dmy"] = "unix_s"
     sep: str = ","
     event: str | None = None
@@ -34,7 +39,29 @@ class SourceConfig(StrictModel):
             raise ValueError("give exactly one of source.path or source.paths")
         if self.paths is not None and not self.paths:
             raise ValueError("source.paths is empty")
+        if self.format in ("csv", "parquet"):
+            check_column_map(self.column_map)
+        elif self.column_map:
+            raise ValueError(
+                f"source.column_map applies to format csv or parquet only (format is {self.format!r})")
         return self
+
+
+def check_column_map(column_map: dict[str, str], where: str = "source.column_map") -> None:
+    """The generic reader's map (canonical name -> file column): names, required keys."""
+    allowed = ", ".join(CANONICAL_COLUMNS)
+    unknown = sorted(set(column_map) - set(CANONICAL_COLUMNS))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown canonical column(s) {unknown}; the keys are canonical names "
+            f"({allowed}) and the values the file's columns")
+    missing = [c for c in ("item_id", "ts") if c not in column_map]
+    if "user_id" not in column_map and "session_id" not in column_map:
+        missing.append("user_id or session_id")
+    if missing:
+        raise ValueError(
+            f"{where}: missing {', '.join(missing)} (required: item_id, ts and user_id or "
+            f"session_id; allowed: {allowed}); got {dict(column_map)}")
 
 
 class ValidateConfig(StrictModel):
@@ -46,6 +73,13 @@ class ValidateConfig(StrictModel):
 class SessionizeConfig(StrictModel):
     gap_minutes: float = Field(30.0, gt=0)
     """Inactivity gap that starts a new session (sources without session ids)."""
+    ts_ties: TsTies = "by_item"
+    """Order of events of one session (or user) with the same ``ts``: ``by_item`` (item id,
+    then file order; independent of the file's row order), ``keep_file_order`` (the order of
+    the rows in the file, sources in list order) or ``error`` (any tie fails the job)."""
+    ties_warn_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """Warn (and say so in the manifest) when more than this share of the events tie with an
+    earlier event of their session on ``ts`` (day-granular timestamps)."""
 
 
 class FilterConfig(StrictModel):
@@ -102,6 +136,10 @@ class OutputConfig(StrictModel):
     path: str = "outputs/preprocessed"
     shard_rows: int = Field(500_000, ge=1000)
     overwrite: bool = True
+    item_index_from: str | None = None
+    """A previous ``items.parquet`` (or the preprocess output directory holding it): its items
+    keep their ``item_idx``, items new in this run's training data are appended after them
+    (by popularity), so checkpoints of the previous run stay valid (``train.init_from``)."""
 
 
 class RayConfig(StrictModel):
@@ -114,11 +152,38 @@ class RayConfig(StrictModel):
     """False runs the same steps in one process (the benchmark's pandas row)."""
 
 
+def _one_or_many(value: Any) -> str:
+    return "list" if isinstance(value, (list, tuple)) else "source"
+
+
+Sources = Annotated[
+    Union[Annotated[SourceConfig, Tag("source")], Annotated[list[SourceConfig], Tag("list")]],
+    Discriminator(_one_or_many),
+]
+
+
 class PreprocessJobConfig(StrictModel):
-    source: SourceConfig
+    source: Sources
+    """One source, or a list (history + Serve event logs ...): rows of all of them are
+    merged; an event found in several sources is kept once (``counts.dedupe``)."""
     validation: ValidateConfig = Field(default_factory=ValidateConfig)
     sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _sources(self) -> PreprocessJobConfig:
+        if isinstance(self.source, list):
+            if not self.source:
+                raise ValueError("source: the list of sources is empty")
+            for i, s in enumerate(self.source):
+                if s.paths is not None:
+                    raise ValueError(f"source.{i}.paths: a list of sources takes source.N.path only "
+                                     "(already-split inputs are one source with paths)")
+        return self
+
+    @property
+    def sources(self) -> list[SourceConfig]:
+        return list(self.source) if isinstance(self.source, list) else [self.source]

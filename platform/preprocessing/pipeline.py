@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from rayrec.platform.preprocessing import readers, steps
 from rayrec.platform.preprocessing.config import PreprocessJobConfig
 from rayrec.platform.preprocessing.validate import (
+    ACROSS_SOURCES,
     TsRange,
     ValidationFailed,
     check_bad_share,
@@ -58,7 +59,8 @@ def _day_ms(d: date) -> int:
 
 
 def process_partition(
-    raw: pd.DataFrame, ts_format: str, has_sessions: bool, ts_range: TsRange, gap_seconds: float
+    raw: pd.DataFrame, ts_format: str, has_sessions: bool, ts_range: TsRange, gap_seconds: float,
+    ties: str = "by_item",
 ) -> pd.DataFrame:
     """Validate + drop exact duplicates + sessionize one key partition.
 
@@ -67,7 +69,7 @@ def process_partition(
     raw = raw.drop(columns=["_pkey"], errors="ignore")
     good, bad = validate_frame(raw, ts_format, has_sessions, ts_range)
     good, dups = split_duplicates(good)
-    good = steps.sessionize(good, gap_seconds)
+    good = steps.sessionize(good, gap_seconds, ties)
     good = good.assign(reason=pd.array([pd.NA] * len(good), dtype="string"))
     good["raw_ts"] = pd.array([pd.NA] * len(good), dtype="string")
     good["raw_value"] = pd.array([pd.NA] * len(good), dtype="string")
@@ -75,14 +77,16 @@ def process_partition(
     bad["ts"] = np.int64(-1)
     bad["value"] = np.float32("nan")
     dups = dups.assign(raw_ts=dups["ts"].astype("string"), raw_value=dups["value"].astype("string"))
-    cols = TYPED_COLUMNS + ["reason", "raw_ts", "raw_value", "_split"]
+    cols = TYPED_COLUMNS + ["reason", "raw_ts", "raw_value", "_split", "_src"]
     frames = [f.reindex(columns=cols) for f in (good, bad, dups)]
     out = pd.concat(frames, ignore_index=True)
+    out["_src"] = out["_src"].fillna(0)
     return out.astype(
         {
             "user_id": "string", "session_id": "string", "item_id": "string", "event": "string",
             "ts": "int64", "value": "float32", "source_file": "string", "source_row": "int64",
             "reason": "string", "raw_ts": "string", "raw_value": "string", "_split": "string",
+            "_src": "int64",
         }
     )
 
@@ -100,7 +104,7 @@ def _run_partitions(
     )
     kwargs = dict(
         ts_format=ts_format, has_sessions=has_sessions, ts_range=ts_range,
-        gap_seconds=cfg.sessionize.gap_minutes * 60.0,
+        gap_seconds=cfg.sessionize.gap_minutes * 60.0, ties=cfg.sessionize.ts_ties,
     )
     if not cfg.ray.use_ray:
         return process_partition(raw, **kwargs)
@@ -142,10 +146,10 @@ def _to_arrow(df: pd.DataFrame) -> pa.Table:
     return pa.table(cols).cast(PROCESSED)
 
 
-def _write_split(out: Path, name: str, df: pd.DataFrame, shard_rows: int) -> list[str]:
+def _write_split(out: Path, name: str, df: pd.DataFrame, shard_rows: int, ties: str = "by_item") -> list[str]:
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
-    df = steps.sort_canonical(df)
+    df = steps.sort_canonical(df, ties)
     files = []
     n_shards = max(1, -(-len(df) // shard_rows))
     for i in range(n_shards):
@@ -193,18 +197,64 @@ def _quarantine_table(bad: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(q.where(q.notna(), None), schema=schema, preserve_index=False).replace_schema_metadata(None)
 
 
+def _inputs(cfg: PreprocessJobConfig) -> list[tuple[str | None, str, Any, str]]:
+    """``(split name or None, path, source config, config key)`` of every input file, in the
+    job's order (its position is the row's ``_src``: the file order of ``keep_file_order``
+    and of duplicate removal)."""
+    many = isinstance(cfg.source, list)
+    out = []
+    for i, src in enumerate(cfg.sources):
+        where = f"source.{i}" if many else "source"
+        if src.paths:
+            out += [(name, p, src, f"{where}.paths.{name}") for name, p in src.paths.items()]
+        else:
+            out.append((None, src.path, src, f"{where}.path"))
+    return out
+
+
+def load_previous_index(spec: str) -> pd.DataFrame:
+    """``output.item_index_from``: an ``items.parquet`` or a directory holding one."""
+    p = Path(spec)
+    f = p / "items.parquet" if p.is_dir() else p
+    if not f.is_file():
+        raise ValueError(f"output.item_index_from: {f} does not exist (give a previous preprocess "
+                         "output directory or its items.parquet)")
+    items = pq.read_table(f).to_pandas()
+    missing = [c for c in ("item_idx", "item_id") if c not in items.columns]
+    if missing:
+        raise ValueError(f"output.item_index_from: {f} has no column(s) {missing}; not an items.parquet")
+    idx = items["item_idx"].to_numpy()
+    if not np.array_equal(np.sort(idx), np.arange(len(items))) or items["item_id"].duplicated().any():
+        raise ValueError(f"output.item_index_from: {f} is not a dense index (item_idx 0..{len(items) - 1}, "
+                         "unique item_id)")
+    return items.sort_values("item_idx").reset_index(drop=True).assign(
+        item_id=lambda d: d["item_id"].astype(str))
+
+
+def preflight(cfg: PreprocessJobConfig) -> pd.DataFrame | None:
+    """What can be checked without reading the data, before Ray starts: every input file
+    exists, generic sources' column maps fit their files' columns, ``output.item_index_from``
+    is a dense index.  Returns that previous index (None when not set)."""
+    for _split, path, src, where in _inputs(cfg):
+        if not Path(path).is_file():
+            raise readers.ReaderError(f"{where}: {path} does not exist")
+        if src.format in ("csv", "parquet"):
+            readers.check_generic(Path(path), src.column_map, src.sep, where=where.rsplit(".path", 1)[0])
+    return load_previous_index(cfg.output.item_index_from) if cfg.output.item_index_from else None
+
+
 def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]:
     """Run the whole job; returns the manifest (also written to ``manifest.json``)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     counts: dict[str, Any] = {}
-    src = cfg.source
+    previous_index = preflight(cfg)  # read before output.path may be replaced
 
     # ---- read ----------------------------------------------------------------
-    inputs = list(src.paths.items()) if src.paths else [(None, src.path)]
+    inputs = _inputs(cfg)
     raws, rejects, notes = [], [], {}
-    ts_format, has_sessions = None, None
-    for split_name, path in inputs:
+    ts_formats, sessions = [], []
+    for src_i, (split_name, path, src, where) in enumerate(inputs):
         kwargs: dict[str, Any] = {}
         if src.format in ("csv", "parquet"):
             kwargs = dict(column_map=src.column_map, ts_format=src.ts_format, sep=src.sep)
@@ -212,12 +262,22 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
             kwargs["event"] = src.event
         rf = readers.read_source(src.format, path, **kwargs)
         log(f"read {path}: {len(rf.frame)} rows, {len(rf.rejects)} malformed lines")
-        ts_format, has_sessions = rf.ts_format, rf.has_sessions
-        raws.append(rf.frame.assign(_split=split_name))
+        ts_formats.append(rf.ts_format)
+        sessions.append((where, rf.has_sessions))
+        raws.append(rf.frame.assign(_split=split_name, _src=np.int64(src_i), _ts_format=rf.ts_format))
         for k, v in rf.notes.items():
             notes[k] = notes.get(k, 0) + v
         rejects.append(rf.rejects)
+    if len({h for _, h in sessions}) > 1:
+        raise ValueError(
+            "source: the sources disagree on sessions: "
+            + ", ".join(f"{w} {'has session ids' if h else 'is sessionized by gap'}" for w, h in sessions)
+            + "; map session_id in every generic source or in none")
+    has_sessions = sessions[0][1]
+    ts_format = ts_formats[0]
     raw = pd.concat(raws, ignore_index=True)
+    if len(set(ts_formats)) == 1:
+        raw = raw.drop(columns="_ts_format")
     rejects_df = pd.concat(rejects, ignore_index=True)
     n_lines = len(raw) + len(rejects_df) + sum(notes.values())
     counts["read"] = {"lines": int(n_lines), "rows": int(len(raw)), "malformed_lines": int(len(rejects_df)), **notes}
@@ -231,7 +291,10 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
     good = processed.loc[~is_bad].drop(columns=["reason", "raw_ts", "raw_value"]).reset_index(drop=True)
     by_reason = {k: int(v) for k, v in sorted(bad["reason"].value_counts().items())}
     counts["quarantine"] = {"total": int(len(bad)), "by_reason": by_reason}
+    counts["dedupe"] = {"exact_duplicates": by_reason.get("exact duplicate", 0),
+                        "across_sources": by_reason.get(ACROSS_SOURCES, 0), "sources": len(inputs)}
     log(f"validate: {len(good)} good rows, {len(bad)} quarantined {by_reason}")
+    counts["ts_ties"] = _ts_ties(good, cfg, log)
     timings["validate_sessionize"] = time.perf_counter() - t
 
     out = Path(cfg.output.path)
@@ -242,7 +305,7 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
     out.mkdir(parents=True)
     pq.write_table(_quarantine_table(bad), out / "quarantine.parquet", compression="zstd")
     check_bad_share(n_lines, bad.assign(source_file=bad["source_file"].astype(str)), cfg.validation.max_bad_fraction,
-                    what=", ".join(str(p) for _, p in inputs))
+                    what=", ".join(str(p) for _, p, _, _ in inputs))
 
     # ---- value filter, item filters ------------------------------------------
     t = time.perf_counter()
@@ -260,6 +323,20 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
     splits: dict[str, pd.DataFrame] = {}
     boundaries: dict[str, Any] = {}
     removed: dict[str, int] = {}
+    src = cfg.sources[0]
+    if sp.name == "predefined" and isinstance(cfg.source, list):
+        raise ValueError("split.name=predefined takes one source with source.paths, not a list of sources")
+    index_info: dict[str, Any] = {}
+
+    def index(train_rows: pd.DataFrame) -> pd.DataFrame:
+        if previous_index is None:
+            return steps.build_item_index(train_rows)
+        items, n_new = steps.extend_item_index(previous_index, train_rows)
+        index_info.update({"from": str(cfg.output.item_index_from), "kept": int(len(previous_index)),
+                           "appended": n_new})
+        log(f"item index: {len(previous_index)} items kept from {cfg.output.item_index_from}, "
+            f"{n_new} new appended")
+        return items
 
     def restrict(name: str, df: pd.DataFrame, items: pd.DataFrame, min_len: int) -> pd.DataFrame:
         df, unknown = steps.attach_index(df, items)
@@ -275,7 +352,7 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
             )
         base = good.loc[good["_split"] == sp.index_split]
         base, frep = steps.apply_filters(base, **fkw)
-        items = steps.build_item_index(base)
+        items = index(base)
         splits[sp.index_split], _ = steps.attach_index(base, items)
         for name in src.paths:
             if name != sp.index_split:
@@ -283,7 +360,7 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
     elif sp.name == "session_time":
         good, frep = steps.apply_filters(good, **fkw)
         train, test, b = steps.session_time_split(good, sp.test_days, sp.test_fraction)
-        items = steps.build_item_index(train)
+        items = index(train)
         splits["train_full"], _ = steps.attach_index(train, items)
         splits["test"] = restrict("test", test, items, sp.min_test_session_length)
         boundaries["test_from"] = _iso_ms(b)
@@ -317,17 +394,17 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
                 parts[prefix + k] = v
             boundaries[prefix + "windows"] = {"dx": str(a), "dxy": str(b_), "dyz": str(c), "dz": str(d)}
         input_rows = good.loc[(ts >= _day_ms(sp.dx)) & (ts < _day_ms(sp.dyz))]
-        items = steps.build_item_index(input_rows)
+        items = index(input_rows)
         for k, v in parts.items():
             splits[k] = restrict(k, v, items, 1)
     else:  # user_holdout
         good, frep = steps.apply_filters(good, **fkw)
         parts = steps.user_holdout_split(good, sp.valid_fraction, sp.holdout_test_fraction, sp.seed)
-        items = steps.build_item_index(parts["train"])
+        items = index(parts["train"])
         splits["train"], _ = steps.attach_index(parts["train"], items)
         for name in ("valid", "test"):
             known, unknown = steps.attach_index(parts[name], items)
-            inp, tgt = steps.holdout_targets(known, sp.n_targets)
+            inp, tgt = steps.holdout_targets(known, sp.n_targets, cfg.sessionize.ts_ties)
             removed[f"{name}.unknown_items"] = unknown
             removed[f"{name}.users_without_history_events"] = len(known) - len(inp) - len(tgt)
             splits[f"{name}_input"], splits[f"{name}_target"] = inp, tgt
@@ -341,23 +418,28 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
     split_stats: dict[str, Any] = {}
     for name in sorted(splits):
         df = splits[name]
-        files[name] = _write_split(out, name, df, cfg.output.shard_rows)
+        files[name] = _write_split(out, name, df, cfg.output.shard_rows, cfg.sessionize.ts_ties)
         split_stats[name] = _stats(df)
         if len(df):
             split_stats[name]["ts_min"] = _iso_ms(int(df["ts"].min()), full=True)
             split_stats[name]["ts_max"] = _iso_ms(int(df["ts"].max()), full=True)
     items_tbl = pa.Table.from_pandas(items, preserve_index=False).replace_schema_metadata(None)
     pq.write_table(items_tbl, out / "items.parquet", compression="zstd")
+    if src.item_metadata:  # -> item_meta.parquet (item-feature models), quarantine + counts
+        from rayrec.platform.preprocessing.metadata import write_item_meta
+        counts["item_meta"] = write_item_meta(src.item_metadata, src.format, out, log)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "source": {
-            "format": src.format,
-            "files": [{"split": s, **_file_digest(p)} for s, p in inputs],
+            "format": [s_.format for s_ in cfg.source] if isinstance(cfg.source, list) else src.format,
+            "files": [{"split": s, **({"source": w.rsplit(".path", 1)[0]} if isinstance(cfg.source, list) else {}),
+                       **_file_digest(p)} for s, p, _, w in inputs],
         },
         "config": cfg.model_dump(mode="json"),
         "counts": counts,
         "split": {"name": sp.name, "boundaries": boundaries, "splits": split_stats, "files": files},
-        "items": {"n_items": int(len(items)), "file": "items.parquet"},
+        "items": {"n_items": int(len(items)), "file": "items.parquet",
+                  **({"index_from": index_info} if index_info else {})},
         "quarantine_file": "quarantine.parquet",
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
@@ -369,6 +451,33 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
         log(f"  {name:>16}: {s['events']:>9} events {s['sessions']:>8} sessions {s['items']:>7} items")
     log(f"wrote {out} in {timings['total']:.1f}s")
     return manifest
+
+
+def _ts_ties(good: pd.DataFrame, cfg: PreprocessJobConfig, log: Log) -> dict[str, Any]:
+    """Events tying with an earlier event of their session on ``ts`` (``sessionize.ts_ties``):
+    counted for the manifest, a warning above ``ties_warn_fraction``, an error under
+    ``ts_ties: error``."""
+    sc = cfg.sessionize
+    n_ties = steps.count_ts_ties(good)
+    frac = n_ties / len(good) if len(good) else 0.0
+    out = {"events": n_ties, "fraction": round(frac, 6), "policy": sc.ts_ties,
+           "warn_fraction": sc.ties_warn_fraction, "warned": False}
+    if n_ties and sc.ts_ties == "error":
+        dup = good.duplicated(subset=["session_id", "ts"], keep=False).to_numpy()
+        first = good.loc[dup].sort_values(["session_id", "ts", "_src", "source_row"], kind="stable").head(2)
+        a, b = first.iloc[0], first.iloc[1]
+        raise ValueError(
+            f"sessionize.ts_ties=error: {n_ties} of {len(good)} events ({frac:.1%}) share their "
+            f"session's ts with another event; first: file {a['source_file']} rows {int(a['source_row'])} "
+            f"and {int(b['source_row'])} (session {a['session_id']}, ts {_iso_ms(int(a['ts']), full=True)}); "
+            "set sessionize.ts_ties to by_item or keep_file_order to order them")
+    if frac > sc.ties_warn_fraction:
+        out["warned"] = True
+        log(f"WARNING: {n_ties} of {len(good)} events ({frac:.1%}) tie with an earlier event of their "
+            f"session on ts (above sessionize.ties_warn_fraction={sc.ties_warn_fraction}): the timestamps "
+            f"are coarse (day-granular?); ties are ordered {sc.ts_ties.replace('_', ' ')} "
+            "(sessionize.ts_ties: by_item | keep_file_order | error)")
+    return out
 
 
 def _iso_ms(ms: int, full: bool = False) -> str:

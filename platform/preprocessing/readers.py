@@ -9,7 +9,7 @@ columns, and quarantining what does not parse, is the job of
 :mod:`rayrec.platform.preprocessing.validate`, which knows each source's timestamp
 format from ``RawFrame.ts_format``.
 
-Formats (DESIGN.md section 3):
+Formats (the canonical schema: docs/your_data.md):
 
 - ``rsc15_prepared``: TSV with header ``SessionId ItemId Time`` (unix seconds, float).
 - ``rsc15_raw``: ``yoochoose-clicks.dat``: ``session,timestamp(ISO),item,category`` no header.
@@ -278,6 +278,50 @@ def read_lastfm(path: Path, event: str = "tag") -> RawFrame:
     return out
 
 
+def file_columns(path: Path, sep: str = ",") -> list[str]:
+    """The column names of a generic source: a Parquet file's schema or a CSV's header line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReaderError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        return list(pq.read_schema(path).names)
+    with path.open("rb") as fh:
+        head = fh.readline(1 << 20)
+    if not head.strip():
+        raise ReaderError(f"{path}: file is empty (a CSV source needs a header line)")
+    return head.decode("utf-8", "replace").rstrip("\r\n").split(sep)
+
+
+def check_generic(path: Path, column_map: Mapping[str, str], sep: str = ",", where: str = "source") -> list[str]:
+    """Check a generic source's ``column_map`` against the canonical names and the file's
+    columns without reading the data (the job calls it before Ray starts); returns the
+    file's columns.  Errors list the allowed canonical names and the file's columns."""
+    allowed = ", ".join(CANONICAL_RAW)
+    unknown = sorted(set(column_map) - set(CANONICAL_RAW))
+    if unknown:
+        raise ReaderError(
+            f"{where}.column_map: unknown canonical column(s) {unknown}; allowed canonical names "
+            f"(the keys): {allowed}")
+    missing_keys = [c for c in ("item_id", "ts") if c not in column_map]
+    if "user_id" not in column_map and "session_id" not in column_map:
+        missing_keys.append("user_id or session_id")
+    cols = file_columns(path, sep)
+    if missing_keys:
+        raise ReaderError(
+            f"{where}.column_map: missing {', '.join(missing_keys)}; required: item_id, ts and "
+            f"user_id or session_id (allowed canonical names: {allowed}); the file {path} has "
+            f"columns {cols}")
+    absent = {canon: src for canon, src in column_map.items() if src not in cols}
+    if absent:
+        hint = "" if len(cols) > 1 or path.suffix == ".parquet" else f" (is the separator {sep!r} right? see source.sep)"
+        raise ReaderError(
+            f"{where}.column_map: {path} lacks column(s) "
+            f"{', '.join(f'{s!r} (for {c})' for c, s in absent.items())}; the file has columns "
+            f"{cols}{hint} (column_map maps canonical name -> file column; allowed canonical "
+            f"names: {allowed})")
+    return cols
+
+
 def read_generic(
     path: Path,
     column_map: Mapping[str, str],
@@ -285,36 +329,25 @@ def read_generic(
     sep: str = ",",
     event: str = "interaction",
 ) -> RawFrame:
-    """CSV (with header) or Parquet; ``column_map`` maps canonical name -> file column."""
-    unknown = set(column_map) - set(CANONICAL_RAW)
-    if unknown:
-        raise ReaderError(
-            f"column_map: unknown canonical column(s) {sorted(unknown)}; allowed: {CANONICAL_RAW}"
-        )
-    for need in ("item_id", "ts"):
-        if need not in column_map:
-            raise ReaderError(f"column_map: {need!r} is required")
+    """CSV (with header) or Parquet; ``column_map`` maps canonical name -> file column.
+
+    One file column may feed several canonical names (``user_id`` and ``session_id`` both
+    from the user column: one sequence per user)."""
+    path = Path(path)
+    cols = check_generic(path, column_map, sep)
     if path.suffix == ".parquet":
-        table = pq.read_table(path)
-        missing = [c for c in column_map.values() if c not in table.column_names]
-        if missing:
-            raise ReaderError(f"{path}: column(s) {missing} not in file ({table.column_names})")
-        df = pd.DataFrame(
-            {canon: table[src].cast(pa.string()).to_pandas() for canon, src in column_map.items()}
-        ).astype("string")
+        table = pq.read_table(path, columns=sorted(set(column_map.values())))
+        src_cols = {src: table[src].cast(pa.string()).to_pandas() for src in set(column_map.values())}
+        df = pd.DataFrame({canon: src_cols[src] for canon, src in column_map.items()}).astype("string")
         df["source_row"] = np.arange(len(df), dtype=np.int64) + 1
         df["source_file"] = str(path)
         rej: list = []
     else:
-        head = path.read_bytes()[:65536].split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
-        cols = head.split(sep)
-        missing = [c for c in column_map.values() if c not in cols]
-        if missing:
-            raise ReaderError(f"{path}: header {cols} lacks column(s) {missing} (separator {sep!r})")
-        df, rej = _read_delimited(path, sep, len(cols), True, cols)
-        df = df.rename(columns={src: canon for canon, src in column_map.items()})
-        keep = list(column_map) + ["source_row", "source_file"]
-        df = df[keep]
+        raw, rej = _read_delimited(path, sep, len(cols), True, [f"_c{i}" for i in range(len(cols))])
+        pos = {c: i for i, c in reversed(list(enumerate(cols)))}  # first column of a repeated name
+        df = pd.DataFrame({canon: raw[f"_c{pos[src]}"] for canon, src in column_map.items()})
+        df["source_row"] = raw["source_row"]
+        df["source_file"] = raw["source_file"]
     return _finish(df, rej, ts_format, "session_id" in column_map, event)
 
 

@@ -21,9 +21,27 @@ DAY_MS = 86_400_000
 # ---- sessionize -------------------------------------------------------------------
 
 
-def sessionize(df: pd.DataFrame, gap_seconds: float) -> pd.DataFrame:
-    """Give rows without a ``session_id`` one: per user, events sorted by time, a new
-    session whenever the gap to the previous event exceeds ``gap_seconds``.
+def tie_order(df: pd.DataFrame, ties: str = "by_item") -> list[str]:
+    """Sort keys after ``ts`` that order events with equal timestamps (``sessionize.ts_ties``):
+    ``by_item``: item id, then file order; ``keep_file_order`` (and ``error``, where no tie is
+    left to order): the source's position in the job's list (``_src``), then the file row."""
+    src = [c for c in ("_src", "source_file", "source_row") if c in df.columns]
+    if ties == "by_item":
+        return ["item_id", *src]
+    return src
+
+
+def count_ts_ties(df: pd.DataFrame) -> int:
+    """Events that share ``(session_id, ts)`` with an earlier event of their session."""
+    if df.empty:
+        return 0
+    return int(df.duplicated(subset=["session_id", "ts"], keep="first").sum())
+
+
+def sessionize(df: pd.DataFrame, gap_seconds: float, ties: str = "by_item") -> pd.DataFrame:
+    """Give rows without a ``session_id`` one: per user, events sorted by time (equal times
+    by :func:`tie_order`), a new session whenever the gap to the previous event exceeds
+    ``gap_seconds``.
 
     Session ids are ``"<user_id>:<k>"`` with ``k`` counting the user's sessions from 0,
     so they are deterministic and independent of partitioning.
@@ -33,7 +51,7 @@ def sessionize(df: pd.DataFrame, gap_seconds: float) -> pd.DataFrame:
     need = df["session_id"].isna().to_numpy()
     if not need.any():
         return df
-    todo = df.loc[need].sort_values(["user_id", "ts", "item_id", "source_row"], kind="stable")
+    todo = df.loc[need].sort_values(["user_id", "ts", *tie_order(df, ties)], kind="stable")
     user = todo["user_id"].to_numpy(dtype=object)
     ts = todo["ts"].to_numpy(dtype=np.int64)
     new_user = np.ones(len(todo), dtype=bool)
@@ -144,6 +162,23 @@ def build_item_index(train: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def extend_item_index(previous: pd.DataFrame, train: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """A stable item index: every item of ``previous`` (``item_idx, item_id[, count]``) keeps
+    its ``item_idx``; items of ``train`` not in it are appended after them by training
+    popularity (desc, ties by ``item_id``).  ``count`` is this run's training count (0 for a
+    previous item absent from ``train``).  Returns (index, number of new items)."""
+    prev = previous.sort_values("item_idx", kind="stable").reset_index(drop=True)
+    counts = train["item_id"].value_counts(sort=False)
+    old_ids = prev["item_id"].astype(str)
+    old_counts = old_ids.map(counts).fillna(0).astype(np.int64).to_numpy()
+    new = build_item_index(train.loc[~train["item_id"].astype(str).isin(set(old_ids))])
+    new["item_idx"] = (new["item_idx"].to_numpy() + len(prev)).astype(np.int32)
+    kept = pd.DataFrame({"item_idx": np.arange(len(prev), dtype=np.int32), "item_id": old_ids,
+                         "count": old_counts})
+    out = pd.concat([kept, new[["item_idx", "item_id", "count"]]], ignore_index=True)
+    return out.astype({"item_idx": np.int32, "item_id": "string", "count": "int64"}), int(len(new))
+
+
 def attach_index(df: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Add ``item_idx``; rows whose item is not in the index are removed and counted."""
     mapping = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].astype(object))
@@ -240,11 +275,11 @@ def user_holdout_split(
     return {"train": df.loc[~is_test & ~is_valid], "valid": df.loc[is_valid], "test": df.loc[is_test]}
 
 
-def holdout_targets(part: pd.DataFrame, n_targets: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def holdout_targets(part: pd.DataFrame, n_targets: int, ties: str = "by_item") -> tuple[pd.DataFrame, pd.DataFrame]:
     """The last ``n_targets`` events (by time) of each held-out user are its targets, the
     earlier ones its input; a user with no more than ``n_targets`` events has no history
     to recommend from and is left out of both (the caller counts the rows)."""
-    part = part.sort_values(["user_id", "ts", "item_id"], kind="stable")
+    part = part.sort_values(["user_id", "ts", *tie_order(part, ties)], kind="stable")
     rank_from_end = part.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
     n_per_user = part.groupby("user_id", sort=False)["ts"].transform("size").to_numpy()
     target = rank_from_end < n_targets
@@ -252,14 +287,15 @@ def holdout_targets(part: pd.DataFrame, n_targets: int) -> tuple[pd.DataFrame, p
     return part.loc[~target & ok], part.loc[target & ok]
 
 
-def sort_canonical(df: pd.DataFrame) -> pd.DataFrame:
-    """The one output order: sessions by start time, events by time within a session."""
+def sort_canonical(df: pd.DataFrame, ties: str = "by_item") -> pd.DataFrame:
+    """The one output order: sessions by start time, events by time within a session (equal
+    times by :func:`tie_order`)."""
     if df.empty:
         return df.reset_index(drop=True)
     start = df.groupby("session_id", sort=False)["ts"].transform("min")
     return (
         df.assign(_start=start.to_numpy())
-        .sort_values(["_start", "session_id", "ts", "item_id", "source_file", "source_row"], kind="stable")
+        .sort_values(["_start", "session_id", "ts", *tie_order(df, ties)], kind="stable")
         .drop(columns="_start")
         .reset_index(drop=True)
     )

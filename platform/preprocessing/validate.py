@@ -30,6 +30,7 @@ REASONS = (
     "unparseable value",
     "non-finite value",
     "exact duplicate",
+    "duplicate across sources",
 )
 
 RAW_COLUMNS = ["user_id", "session_id", "item_id", "ts", "event", "value"]
@@ -96,7 +97,14 @@ def validate_frame(
         mark(raw["session_id"].isna().to_numpy(), "missing session_id and user_id")
     else:
         mark(raw["user_id"].isna().to_numpy(), "missing session_id and user_id")
-    ms, ok = parse_ts_ms(raw["ts"], ts_format)
+    if "_ts_format" in raw.columns:  # several sources, several formats: per source
+        ms, ok = np.full(n, np.nan), np.zeros(n, dtype=bool)
+        fmts = raw["_ts_format"].astype(object).to_numpy()
+        for fmt in pd.unique(fmts):
+            sel = fmts == fmt
+            ms[sel], ok[sel] = parse_ts_ms(raw["ts"].loc[sel], str(fmt))
+    else:
+        ms, ok = parse_ts_ms(raw["ts"], ts_format)
     mark(~ok, "unparseable ts")
     with np.errstate(invalid="ignore"):
         mark(ok & (ms < 0), "negative ts")
@@ -124,18 +132,31 @@ def _is_nan_literal(s: pd.Series) -> np.ndarray:
     return low.isin(["nan", "inf", "-inf", "+inf", "infinity", "-infinity"]).fillna(False).to_numpy(dtype=bool)
 
 
+ACROSS_SOURCES = "duplicate across sources"
+
+
 def split_duplicates(good: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Exact duplicates (same user, session, item, ts, event, value in the same source
-    file): keep the first occurrence by source order, quarantine the rest.  Already-split
-    inputs (train_full and its sub-split train_tr) legitimately share rows across files."""
+    """Exact duplicates (same user, session, item, ts, event, value): keep the first
+    occurrence by source order (``_src``, the source's position in the job's list, then the
+    row), the rest get a reason: ``exact duplicate`` within one file (bad data, counted
+    against ``validation.max_bad_fraction``), :data:`ACROSS_SOURCES` when the copy is in
+    another source (history and an event log overlap: expected, not bad data).  Already-split
+    inputs (train_full and its sub-split train_tr) legitimately share rows across files: rows
+    of different ``_split`` are never duplicates."""
     if good.empty:
         return good, good.assign(reason=pd.Series(dtype="string"))
-    key = ["source_file", "user_id", "session_id", "item_id", "ts", "event", "value"]
+    key = ["user_id", "session_id", "item_id", "ts", "event", "value"]
     key += [c for c in ("_split",) if c in good.columns]
-    order = good.sort_values(["source_file", "source_row"], kind="stable")
-    dup = order.duplicated(subset=key, keep="first")
+    first_key = ["_src", "source_file"] if "_src" in good.columns else ["source_file"]
+    order = good.sort_values([*first_key, "source_row"], kind="stable")
+    dup = order.duplicated(subset=key, keep="first").to_numpy()
     bad = order.loc[dup].copy()
-    bad["reason"] = pd.array(["exact duplicate"] * len(bad), dtype="string")
+    if len(bad):
+        first_file = order.groupby(key, sort=False, dropna=False)["source_file"].transform("first")
+        same = (first_file.loc[dup].astype(object).to_numpy() == bad["source_file"].astype(object).to_numpy())
+        bad["reason"] = pd.array(np.where(same, "exact duplicate", ACROSS_SOURCES), dtype="string")
+    else:
+        bad["reason"] = pd.array([], dtype="string")
     return order.loc[~dup], bad
 
 
@@ -145,6 +166,9 @@ def check_bad_share(
     """Fail with the file, the first bad row and its reason when too much is bad."""
     if n_total == 0:
         raise ValidationFailed(f"{what}: no rows")
+    bad = bad.loc[bad["reason"] != ACROSS_SOURCES]  # overlapping sources are not bad data
+    if bad.empty:
+        return
     share = len(bad) / n_total
     if share > max_bad_fraction:
         first = bad.sort_values(["source_file", "source_row"]).iloc[0]

@@ -17,6 +17,11 @@ Semantics shared by both backends (the unit tests run one test body against each
 * a user's consumed items (for the "exclude already consumed" filter, seed 000 section
   4) are kept per user, bounded to the newest ``max_user_items``, expiring after
   ``user_ttl_s``;
+* a user's events (item, time, event type, value: what models with a user memory replay,
+  seed 001 section 2.2) are kept per user, bounded to the newest ``max_user_events`` and
+  expiring with the user's items; an event older than the user's newest stored event by more
+  than ``max_clock_skew_s`` is refused (a per-row rejection: it would put the user's history
+  out of time order);
 * online item popularity counts **distinct sessions per item** within a time window
   (``popularity_window_s``): one session sending the same item a thousand times counts once
   (the fallback for unknown users, empty sessions and unknown items);
@@ -51,6 +56,7 @@ __all__ = [
     "SessionStore",
     "StoreLimits",
     "StoreUnavailable",
+    "skew_reason",
     "validate_id",
 ]
 
@@ -69,9 +75,18 @@ def validate_id(value: object, field_name: str) -> str:
     return value
 
 
+def skew_reason(ts_ms: int, last_ms: int | None, max_skew_s: float) -> str | None:
+    """Why a row at ``ts_ms`` is refused when its user's newest stored event is at ``last_ms``
+    (more than ``max_skew_s`` later), else None (both backends use it)."""
+    if last_ms is None or ts_ms >= last_ms - max_skew_s * 1000.0:
+        return None
+    return (f"ts: {(last_ms - ts_ms) / 1000.0:g} s older than the user's newest event "
+            f"(more than max_clock_skew_s={max_skew_s:g})")
+
+
 @dataclass(frozen=True)
 class SessionEvent:
-    """One event of a session (canonical columns, DESIGN.md section 3; ``ts`` in unix ms)."""
+    """One event of a session (canonical columns, docs/your_data.md; ``ts`` in unix ms)."""
 
     item_id: str
     ts: int
@@ -162,13 +177,20 @@ class StoreLimits:
     """Online popularity counts the distinct sessions per item seen in this window."""
     dedupe_ttl_s: float = 86400.0
     """How long an ``event_id`` is remembered (a retry later than this is stored again)."""
+    max_user_events: int = 200
+    """Events kept per user for replay (:meth:`SessionStore.user_events`; the oldest are
+    dropped)."""
+    max_clock_skew_s: float = 300.0
+    """A row older than its user's newest stored event by more than this is refused."""
 
     def __post_init__(self) -> None:
         for name in ("idle_ttl_s", "user_ttl_s", "popularity_window_s", "dedupe_ttl_s"):
             v = getattr(self, name)
             if not v > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {v!r}")
-        for name in ("max_events", "max_user_items"):
+        if not self.max_clock_skew_s >= 0:
+            raise ValueError(f"max_clock_skew_s must be >= 0 seconds, got {self.max_clock_skew_s!r}")
+        for name in ("max_events", "max_user_items", "max_user_events"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -184,9 +206,11 @@ class SessionStore(ABC):
         """Store one request's events in one transaction (all or nothing), in order.
 
         A row whose ``event_id`` is already stored is a duplicate (no change); a row naming
-        a ``user_id`` other than its session's is refused.  Every stored row refreshes its
-        session's expiry, is trimmed to ``max_events``, goes to its user's consumed items
-        (the row's own ``user_id``, else the session's) and to the popularity window, and
+        a ``user_id`` other than its session's is refused, and so is a row of a user whose
+        newest stored event is more than ``max_clock_skew_s`` later than the row's ``ts``.
+        Every stored row refreshes its session's expiry, is trimmed to ``max_events``, goes
+        to its user's consumed items and events (the row's own ``user_id``, else the
+        session's) and to the popularity window, and
         (``outbox``) to the outbox for :meth:`drain_outbox`.  Raises
         :class:`StoreUnavailable` when the store cannot write (nothing committed)."""
 
@@ -232,6 +256,11 @@ class SessionStore(ABC):
     @abstractmethod
     def user_items(self, user_id: str) -> list[str]:
         """Items the user consumed (newest first, at most ``max_user_items``)."""
+
+    @abstractmethod
+    def user_events(self, user_id: str) -> list[SessionEvent]:
+        """The user's events across sessions, oldest first by ``ts`` (at most
+        ``max_user_events``; [] for an unknown or expired user)."""
 
     @abstractmethod
     def popular(self, n: int) -> list[tuple[str, float]]:

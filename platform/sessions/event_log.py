@@ -1,4 +1,4 @@
-"""Durable event log in the canonical interaction schema (DESIGN.md section 3).
+"""Durable event log in the canonical interaction schema (docs/your_data.md: the canonical schema).
 
 Every event posted to the online service is appended here, so the next preprocess / daily run
 trains on it (issue 5).  Files live in one directory, one writer per file (the file name carries

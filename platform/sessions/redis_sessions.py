@@ -7,6 +7,9 @@ Keys (all under one ``prefix``, so several apps or test runs share a server safe
 * ``{prefix}sm:{session_id}`` - hash ``user_id``, ``updated_at``;
 * ``{prefix}u:{user_id}`` - sorted set item -> last-seen time, trimmed to
   ``max_user_items``;
+* ``{prefix}ue:{user_id}`` - list of the user's JSON events (arrival order), trimmed to
+  ``max_user_events``, and ``{prefix}ut:{user_id}`` the newest event time (unix ms) stored
+  for the user (the clock-skew check), both expiring after ``user_ttl_s``;
 * ``{prefix}eid:{event_id}`` - an idempotency key, expiring after ``dedupe_ttl_s``;
 * ``{prefix}pop:{bucket}`` - sorted set item -> distinct sessions that sent it in that time
   bucket (``popularity_window_s / 12`` long, at least 10 s), with
@@ -37,13 +40,15 @@ from rayrec.platform.sessions.base import (
     SessionStore,
     StoreLimits,
     StoreUnavailable,
+    skew_reason,
 )
 
 __all__ = ["RedisSessionStore"]
 
 # ARGV: prefix, now, idle_ttl_ms, max_events, max_user_items, user_ttl_ms, dedupe_ttl_ms,
-# bucket, bucket_ttl_ms, outbox (0/1), rows (JSON list of EventRow.to_json()).
-# Returns one status per row: "new", "dup" or "user".
+# bucket, bucket_ttl_ms, outbox (0/1), rows (JSON list of EventRow.to_json()),
+# max_user_events, max_clock_skew_ms.
+# Returns one status per row: "new", "dup", "user" or "skew:<the user's newest ts>".
 _APPEND = """
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -56,7 +61,9 @@ local bucket = ARGV[8]
 local bucket_ttl = tonumber(ARGV[9])
 local outbox = ARGV[10] == '1'
 local rows = cjson.decode(ARGV[11])
-local status, owner, batch = {}, {}, {}
+local max_ue = tonumber(ARGV[12])
+local skew_ms = tonumber(ARGV[13])
+local status, owner, batch, last = {}, {}, {}, {}
 local function uid_of(r)
   if r.user_id == nil or r.user_id == cjson.null then return false end
   return r.user_id
@@ -72,9 +79,20 @@ for i, r in ipairs(rows) do
   elseif u and owner[sid] and owner[sid] ~= u then
     status[i] = 'user'
   else
-    status[i] = 'new'
-    batch[r.event_id] = true
-    if u and not owner[sid] then owner[sid] = u end
+    local uu = u or owner[sid]
+    local ts = tonumber(r.ts)
+    if uu and last[uu] == nil then
+      local v = redis.call('GET', p .. 'ut:' .. uu)
+      last[uu] = (v and tonumber(v)) or false
+    end
+    if uu and last[uu] and ts < last[uu] - skew_ms then
+      status[i] = 'skew:' .. string.format('%d', last[uu])
+    else
+      status[i] = 'new'
+      batch[r.event_id] = true
+      if u and not owner[sid] then owner[sid] = u end
+      if uu and ((not last[uu]) or ts > last[uu]) then last[uu] = ts end
+    end
   end
 end
 local touched, users = {}, {}
@@ -89,6 +107,8 @@ for i, r in ipairs(rows) do
     local u = uid_of(r) or owner[sid]
     if u then
       redis.call('ZADD', p .. 'u:' .. u, now + i * 1e-6, r.item_id)
+      redis.call('RPUSH', p .. 'ue:' .. u, cjson.encode(
+        {item_id = r.item_id, ts = r.ts, event = r.event, value = r.value}))
       users[u] = true
     end
     local sk = p .. 'pops:' .. bucket .. ':' .. r.item_id
@@ -112,6 +132,11 @@ for u, _ in pairs(users) do
   local uk = p .. 'u:' .. u
   redis.call('ZREMRANGEBYRANK', uk, 0, -(max_ui + 1))
   redis.call('PEXPIRE', uk, user_ttl)
+  redis.call('LTRIM', p .. 'ue:' .. u, -max_ue, -1)
+  redis.call('PEXPIRE', p .. 'ue:' .. u, user_ttl)
+  if last[u] then
+    redis.call('SET', p .. 'ut:' .. u, string.format('%d', last[u]), 'PX', user_ttl)
+  end
 end
 if next(touched) ~= nil then
   redis.call('PEXPIRE', popk, bucket_ttl)
@@ -208,7 +233,8 @@ class RedisSessionStore(SessionStore):
                 lim.max_user_items, max(1, int(lim.user_ttl_s * 1000)),
                 max(1, int(lim.dedupe_ttl_s * 1000)), str(bucket), bucket_ttl_ms,
                 "1" if outbox else "0",
-                json.dumps([r.to_json() for r in rows], separators=(",", ":"))]
+                json.dumps([r.to_json() for r in rows], separators=(",", ":")),
+                lim.max_user_events, int(lim.max_clock_skew_s * 1000)]
         status = self._call(lambda: self._append(keys=[], args=argv))
         res = AppendResult()
         for i, st in enumerate(status):
@@ -216,6 +242,9 @@ class RedisSessionStore(SessionStore):
                 res.stored.append(i)
             elif st == "dup":
                 res.duplicates.append(i)
+            elif st.startswith("skew:"):
+                res.rejected.append((i, skew_reason(int(rows[i].ts), int(float(st[5:])),
+                                                    lim.max_clock_skew_s) or "ts: clock skew"))
             else:
                 res.rejected.append((i, "user_id: the session belongs to another user"))
         return res
@@ -283,6 +312,11 @@ class RedisSessionStore(SessionStore):
 
     def user_items(self, user_id: str) -> list[str]:
         return list(self.r.zrevrange(self._k("u", user_id), 0, self.limits.max_user_items - 1))
+
+    def user_events(self, user_id: str) -> list[SessionEvent]:
+        raw = self.r.lrange(self._k("ue", user_id), 0, -1)
+        evs = [SessionEvent.from_json(json.loads(x)) for x in raw]
+        return sorted(evs, key=lambda e: e.ts)  # stable: equal times keep their arrival order
 
     def _window_buckets(self) -> list[str]:
         now = self.clock()

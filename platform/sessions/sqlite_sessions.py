@@ -29,6 +29,7 @@ from rayrec.platform.sessions.base import (
     SessionStore,
     StoreLimits,
     StoreUnavailable,
+    skew_reason,
 )
 from rayrec.platform.sqlite_util import connect_wal
 
@@ -56,6 +57,16 @@ CREATE TABLE IF NOT EXISTS user_items (
     PRIMARY KEY (user_id, item_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS user_items_time ON user_items(user_id, seen_at);
+CREATE TABLE IF NOT EXISTS user_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    value REAL,
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS user_events_user ON user_events(user_id, id);
 CREATE TABLE IF NOT EXISTS item_sessions (
     item_id TEXT NOT NULL,
     session_id TEXT NOT NULL,
@@ -150,6 +161,7 @@ class SQLiteSessionStore(SessionStore):
             owner: dict[str, str | None] = {}
             fresh: set[str] = set()  # expired or new sessions
             seen: set[str] = set()
+            user_last: dict[str, int | None] = {}  # newest stored ts per user (clock skew)
             for i, r in enumerate(rows):
                 if r.event_id in seen or c.execute(
                         "SELECT 1 FROM event_ids WHERE event_id = ?", (r.event_id,)).fetchone():
@@ -167,6 +179,18 @@ class SQLiteSessionStore(SessionStore):
                 if r.user_id is not None and owner[sid] is not None and r.user_id != owner[sid]:
                     rejected.append((i, "user_id: the session belongs to another user"))
                     continue
+                uid = r.user_id if r.user_id is not None else owner[sid]
+                if uid is not None:
+                    if uid not in user_last:
+                        user_last[uid] = c.execute(
+                            "SELECT MAX(ts) FROM user_events WHERE user_id = ? AND seen_at >= ?",
+                            (uid, now - lim.user_ttl_s)).fetchone()[0]
+                    last = user_last[uid]
+                    reason = skew_reason(int(r.ts), last, lim.max_clock_skew_s)
+                    if reason is not None:
+                        rejected.append((i, reason))
+                        continue
+                    user_last[uid] = int(r.ts) if last is None else max(int(last), int(r.ts))
                 if owner[sid] is None and r.user_id is not None:
                     owner[sid] = r.user_id
                 seen.add(r.event_id)
@@ -198,11 +222,21 @@ class SQLiteSessionStore(SessionStore):
             c.executemany(
                 "INSERT INTO user_items(user_id, item_id, seen_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(user_id, item_id) DO UPDATE SET seen_at = excluded.seen_at", ui)
+            c.executemany(
+                "INSERT INTO user_events(user_id, item_id, ts, event, value, seen_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.user_id if r.user_id is not None else owner[r.session_id], r.item_id,
+                  int(r.ts), r.event, r.value, now) for r in new
+                 if (r.user_id if r.user_id is not None else owner[r.session_id]) is not None])
             for uid in users:
                 c.execute(
                     "DELETE FROM user_items WHERE user_id = ? AND item_id NOT IN ("
                     "SELECT item_id FROM user_items WHERE user_id = ? "
                     "ORDER BY seen_at DESC LIMIT ?)", (uid, uid, lim.max_user_items))
+                c.execute(  # keep the newest max_user_events
+                    "DELETE FROM user_events WHERE user_id = ? AND id <= COALESCE(("
+                    "SELECT id FROM user_events WHERE user_id = ? ORDER BY id DESC LIMIT 1 "
+                    "OFFSET ?), -1)", (uid, uid, lim.max_user_events))
             self._seen(c, ((r.item_id, r.session_id) for r in new), now)
             if outbox:
                 c.executemany(
@@ -327,6 +361,8 @@ class SQLiteSessionStore(SessionStore):
             c.execute(
                 "DELETE FROM user_items WHERE seen_at < ?", (now - self.limits.user_ttl_s,)
             )
+            c.execute("DELETE FROM user_events WHERE seen_at < ?",
+                      (now - self.limits.user_ttl_s,))
             c.execute("DELETE FROM item_sessions WHERE seen_at < ?",
                       (now - self.limits.popularity_window_s,))
             c.execute("DELETE FROM event_ids WHERE seen_at < ?",
@@ -365,6 +401,13 @@ class SQLiteSessionStore(SessionStore):
             (user_id, cutoff, self.limits.max_user_items),
         ).fetchall()
         return [r[0] for r in rows]
+
+    def user_events(self, user_id: str) -> list[SessionEvent]:
+        cutoff = self.clock() - self.limits.user_ttl_s
+        rows = self._conn().execute(
+            "SELECT item_id, ts, event, value FROM user_events WHERE user_id = ? AND seen_at >= ? "
+            "ORDER BY ts, id", (user_id, cutoff)).fetchall()
+        return [SessionEvent(i, int(t), e, v) for i, t, e, v in rows]
 
     def popular(self, n: int) -> list[tuple[str, float]]:
         if n <= 0:

@@ -9,7 +9,10 @@ output is published as one *version*; readers always see exactly one complete ve
   again returns the existing version instead of writing a duplicate;
 * :meth:`~RecommendationStore.get` reads the current version (or a named one);
   :meth:`~RecommendationStore.get_many` reads several users from one version;
-* :meth:`~RecommendationStore.rollback` switches back to the previous complete version;
+* a *backfill* (``publish(..., make_current=False)``: an as-of older than the current one)
+  is stored as a complete version, listed and readable by name, but ``current`` stays;
+* :meth:`~RecommendationStore.rollback` switches back to the previous complete version
+  (backfills are skipped: they were never served);
 * :meth:`~RecommendationStore.keep_last` prunes old versions (run on every publish with
   ``keep_versions``), never the current one.
 """
@@ -38,6 +41,9 @@ class VersionInfo:
     created_at: float  # unix seconds
     completed_at: float | None
     is_current: bool
+    backfill: bool = False
+    """Published with ``make_current=False``: stored and readable by name, never current
+    unless rolled back to by name."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,10 @@ class RecommendationStore(ABC):
     keep_versions: int
 
     @abstractmethod
-    def publish(self, version: str, as_of: str, model_version: str, rows: Iterable[Row]) -> str:
-        """Write ``rows`` as a complete new ``version`` and make it current.
+    def publish(self, version: str, as_of: str, model_version: str, rows: Iterable[Row],
+                make_current: bool = True) -> str:
+        """Write ``rows`` as a complete new ``version`` and make it current (with
+        ``make_current=False``, a backfill: complete and listed, ``current`` unchanged).
 
         Returns the version id now holding ``(as_of, model_version)``: an existing complete
         version with the same pair is returned unchanged (``rows`` is not read and the
@@ -82,7 +90,8 @@ class RecommendationStore(ABC):
 
     @abstractmethod
     def rollback(self, to_version: str | None = None) -> VersionInfo:
-        """Make ``to_version`` (default: the complete version before the current) current."""
+        """Make ``to_version`` (default: the complete, non-backfill version before the
+        current) current."""
 
     @abstractmethod
     def keep_last(self, n: int) -> list[str]:

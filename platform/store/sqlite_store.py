@@ -3,7 +3,8 @@
 Layout (one database file, WAL journal so readers never block the writer or vice versa):
 
 * ``versions(seq, version, as_of, model_version, complete, n_rows, created_at,
-  completed_at, writer)`` - ``seq`` orders versions; a partial unique index makes
+  completed_at, writer, backfill)`` - ``seq`` orders versions (``backfill``: published
+  without moving ``current``, an older as-of); a partial unique index makes
   ``(as_of, model_version)`` unique among *complete* versions;
 * ``recs(seq, user_id, items, scores)`` - one row per user and version, ``items`` and
   ``scores`` as JSON text;
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS versions (
     n_rows INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     completed_at REAL,
-    writer TEXT
+    writer TEXT,
+    backfill INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS versions_complete_key
     ON versions(as_of, model_version) WHERE complete = 1;
@@ -65,7 +67,8 @@ CREATE TABLE IF NOT EXISTS pointer (
 INSERT OR IGNORE INTO pointer(id, current_seq) VALUES (1, NULL);
 """
 
-_VERSION_COLS = "seq, version, as_of, model_version, complete, n_rows, created_at, completed_at"
+_VERSION_COLS = ("seq, version, as_of, model_version, complete, n_rows, created_at, completed_at, "
+                 "backfill")
 
 
 class SQLiteRecommendationStore(RecommendationStore):
@@ -115,6 +118,9 @@ class SQLiteRecommendationStore(RecommendationStore):
                 self.close()
                 raise FileNotFoundError(
                     f"{self.path} is not a recommendation store (no table(s) {sorted(missing)})")
+        cols = {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
+        if "backfill" not in cols:  # a store written before backfills existed
+            conn.execute("ALTER TABLE versions ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0")
 
     # ---- connections --------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -143,7 +149,8 @@ class SQLiteRecommendationStore(RecommendationStore):
         return _Txn(self._conn(), "BEGIN")
 
     # ---- publish ----------------------------------------------------------------------------
-    def publish(self, version: str, as_of: str, model_version: str, rows: Iterable[Row]) -> str:
+    def publish(self, version: str, as_of: str, model_version: str, rows: Iterable[Row],
+                make_current: bool = True) -> str:
         for field, value in (
             ("version", version),
             ("as_of", as_of),
@@ -173,8 +180,9 @@ class SQLiteRecommendationStore(RecommendationStore):
                 raise ValueError(f"version {version!r} is being written by a live publisher")
             seq = c.execute(
                 "INSERT INTO versions(version, as_of, model_version, complete, created_at, "
-                "writer) VALUES (?, ?, ?, 0, ?, ?)",
-                (version, as_of, model_version, time.time(), self._writer_id),
+                "writer, backfill) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                (version, as_of, model_version, time.time(), self._writer_id,
+                 0 if make_current else 1),
             ).lastrowid
         try:
             n = self._insert_rows(seq, rows)
@@ -183,7 +191,8 @@ class SQLiteRecommendationStore(RecommendationStore):
                     "UPDATE versions SET complete = 1, n_rows = ?, completed_at = ? WHERE seq = ?",
                     (n, time.time(), seq),
                 )
-                c.execute("UPDATE pointer SET current_seq = ? WHERE id = 1", (seq,))
+                if make_current:
+                    c.execute("UPDATE pointer SET current_seq = ? WHERE id = 1", (seq,))
         except sqlite3.IntegrityError as exc:
             self._drop(seq)
             if "versions" in str(exc) or "as_of" in str(exc):
@@ -264,7 +273,7 @@ class SQLiteRecommendationStore(RecommendationStore):
     # ---- reads --------------------------------------------------------------------------------
     @staticmethod
     def _info(row: tuple, current_seq: int | None) -> VersionInfo:
-        seq, version, as_of, model_version, complete, n_rows, created, completed = row
+        seq, version, as_of, model_version, complete, n_rows, created, completed, backfill = row
         return VersionInfo(
             version=version,
             as_of=as_of,
@@ -274,6 +283,7 @@ class SQLiteRecommendationStore(RecommendationStore):
             created_at=float(created),
             completed_at=None if completed is None else float(completed),
             is_current=seq == current_seq,
+            backfill=bool(backfill),
         )
 
     @staticmethod
@@ -353,7 +363,7 @@ class SQLiteRecommendationStore(RecommendationStore):
                     raise ValueError("nothing to roll back: no version has been published")
                 row = c.execute(
                     f"SELECT {_VERSION_COLS} FROM versions WHERE complete = 1 AND seq < ? "
-                    "ORDER BY seq DESC LIMIT 1",
+                    "AND backfill = 0 ORDER BY seq DESC LIMIT 1",
                     (cur,),
                 ).fetchone()
                 if row is None:

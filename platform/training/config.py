@@ -130,6 +130,8 @@ class TrainJobConfig(StrictModel):
     def _engine(self) -> TrainJobConfig:
         spec = registry.get(self.model.name)
         sc = self.scaling
+        if sc.engine in spec.refused_engines:
+            raise ValueError(f"scaling.engine={sc.engine}: {spec.refused_engines[sc.engine]}")
         if spec.parallelism == "data" and sc.engine == "tensor_parallel":
             raise ValueError(f"scaling.engine=tensor_parallel: {spec.name} is data parallel "
                              "(use ddp or deepspeed)")
@@ -142,4 +144,13 @@ class TrainJobConfig(StrictModel):
                                  "the data-parallel group has size 1; stages 2/3 would shard nothing")
         if not self.ray.use_ray and sc.engine == "deepspeed":
             raise ValueError("scaling.engine=deepspeed needs ray.use_ray=true (DeepSpeed runs on Ray Train)")
+        tr = self.train
+        if tr.sequence_key != "session" and spec.kind != "session":
+            raise ValueError(f"train.sequence_key={tr.sequence_key}: only session models train on "
+                             f"sequences ({spec.name} is a {spec.kind} model)")
+        if tr.bptt > 1 and not getattr(spec.task, "supports_bptt", False):
+            raise ValueError(f"train.bptt={tr.bptt}: {spec.name} trains one step at a time (use 1)")
+        check = getattr(self.model, "check_train", None)  # a model's checks across sections
+        if check is not None:
+            check(tr)
         return self

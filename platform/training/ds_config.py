@@ -23,7 +23,7 @@ def make_ds_config(cfg: TrainJobConfig) -> dict[str, Any]:
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.train.batch_size,
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": 0.0,
+        "gradient_clipping": cfg.optim.clip_norm or 0.0,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "zero_optimization": {"stage": sc.zero_stage},

@@ -40,7 +40,7 @@ from rayrec.models.contract import TaskEnv
 from rayrec.platform.checkpoint import load_checkpoint, save_checkpoint
 from rayrec.platform.training.config import TrainJobConfig
 from rayrec.platform.training.families import TrainData, TrainingInputError, family_of
-from rayrec.platform.training.optim import apply_hyperparameters, build_optimizer
+from rayrec.platform.training.optim import apply_hyperparameters, build_optimizer, clip_grad_norm
 from rayrec.platform.training.sparse_rows import ddp_ignore, sync_item_grads
 from rayrec.platform.training.tensor_parallel import shard_parameter_bytes
 
@@ -164,6 +164,37 @@ class _MPU:
     get_tensor_model_parallel_group = get_model_parallel_group
 
 
+def _warm_start(job: TrainJobConfig, task: Any, env: TaskEnv, module: nn.Module, ctx: WorkerContext):
+    """``train.init_from``: the checkpoint's weights into the freshly built module, item rows by
+    item id (:mod:`rayrec.platform.training.warm_start`); collective under tensor parallelism.
+    Returns ``(checkpoint, item params -> (item dim, new rows, old rows))`` for the optimiser."""
+    from rayrec.platform.training import warm_start as ws
+
+    ck = ws.load_init_checkpoint(ws.init_from_path(job), job.model.name)
+    live = task.full_state(env, module)
+    fresh = {k: v.detach().clone().cpu() for k, v in live.items()}
+    dims = ws.item_state_dims(task, module)
+    state, rep = ws.warm_start_state(fresh, ck.model_state, ck.item_ids, env.item_ids, dims)
+    task.load_full_state(env, module, state)
+    ctx.log(f"warm start from {job.train.init_from}: {rep.summary()}")
+    by_ptr = {p.data_ptr(): p for p in module.parameters()}
+    item_rows = {id(by_ptr[live[k].data_ptr()]): (d, *rep.rows) for k, d in dims.items()
+                 if k in live and live[k].data_ptr() in by_ptr}
+    return ck, item_rows
+
+
+def _warm_start_optimizer(warm, optimizer, keep_optim: bool, ctx: WorkerContext) -> None:
+    """The init_from checkpoint's optimiser state into this run's optimiser (item rows by id)."""
+    from rayrec.platform.training import warm_start as ws
+
+    ck, item_rows = warm
+    if not keep_optim or ck.optim_state is None:
+        ctx.log("warm start: fresh optimiser state (the checkpoint has none for this engine)")
+        return
+    n = ws.warm_start_optimizer(optimizer, ck.optim_state, item_rows)
+    ctx.log(f"warm start: optimiser state of {n} parameters carried over ({len(item_rows)} item tables by item id)")
+
+
 def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
     """Train ``job`` on this worker; returns the last reported metrics with ``history``: every
     epoch's metrics of the run so far (a resumed run's earlier epochs come from its checkpoint,
@@ -183,9 +214,13 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
     sparse_rows = job.optim.sparse_item_rows and sc.engine != "deepspeed"
     env = TaskEnv(rank=ctx.rank, world=ctx.world, device=device, item_ids=d.item_ids, train=d.train,
                   valid=d.valid, train_counts=d.counts, evaluate=family.evaluate, seed=seed, log=ctx.log,
-                  sparse_rows=sparse_rows, **_collectives(ctx.rank, ctx.world, len(d.item_ids), tensor))
+                  sparse_rows=sparse_rows, **_collectives(ctx.rank, ctx.world, len(d.item_ids), tensor),
+                  inputs=family.task_inputs(job) if hasattr(family, "task_inputs") else {})
     task = spec.task(job)
     module = task.build(env, torch.Generator().manual_seed(tr.seed)).to(device)
+    warm = None
+    if ctx.restore_dir is None and tr.init_from:  # a resumed run has its own weights
+        warm = _warm_start(job, task, env, module, ctx)
     item_tables = list(task.item_tables(module)) if sparse_rows and hasattr(task, "item_tables") else []
     optimizer = build_optimizer(task.param_groups(module, job.optim.lr), job.optim,
                                 known=getattr(task, "param_group_names", ()))
@@ -193,6 +228,8 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
     # optimiser (one rank, or data-parallel replicas); sharded optimisers (tensor parallel over
     # several ranks, DeepSpeed) keep theirs in the engine's files or resume with fresh moments
     keep_optim = sc.engine != "deepspeed" and (ctx.world == 1 or not tensor)
+    if warm is not None:
+        _warm_start_optimizer(warm, optimizer, keep_optim, ctx)
 
     start_epoch = 0
     last_metrics: dict[str, Any] = {}
@@ -288,6 +325,8 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 sync_item_grads(sync_rows, ctx.world)
+                if job.optim.clip_norm:  # after the exchange: every rank clips the same gradient
+                    clip_grad_norm(module.parameters(), job.optim.clip_norm)
                 optimizer.step()
             if real:
                 loss_sum += loss.detach().double() * n
@@ -348,7 +387,7 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
                     optim_state=optimizer.state_dict() if keep_optim else None,
                     meta={"epoch": epoch + 1, "metrics": _jsonable(metrics), "model": spec.name,
                           "engine": sc.engine, "zero_stage": sc.zero_stage, "world_size": ctx.world,
-                          "history": history},
+                          "history": history, **({"init_from": tr.init_from} if tr.init_from else {})},
                 )
             has_ckpt = ctx.rank == 0 or engine is not None
         else:  # metrics only: Ray Train keeps reports that carry a checkpoint

@@ -46,7 +46,8 @@ from pydantic import Field, field_validator
 from rayrec.ops_kernels import sparse_grad_rows
 from rayrec.platform.config import StrictModel
 
-__all__ = ["AdagradMomentum", "LazyAdam", "LazySGD", "OptimConfig", "apply_hyperparameters", "build_optimizer", "param_groups"]
+__all__ = ["AdagradMomentum", "LazyAdam", "LazySGD", "OptimConfig", "apply_hyperparameters", "build_optimizer",
+           "clip_grad_norm", "param_groups"]
 
 
 class OptimConfig(StrictModel):
@@ -65,6 +66,9 @@ class OptimConfig(StrictModel):
     weight_decay: float = 0.0
     lr_multipliers: dict[str, float] = Field(default_factory=dict)
     sparse_item_rows: bool = True
+    clip_norm: float | None = Field(None, gt=0)
+    """Scale the step's gradient to this global L2 norm when it exceeds it (Pascanu et al.
+    2013; seed 002 section 4.3 uses 10); None: no clipping."""
 
     @field_validator("lr_multipliers")
     @classmethod
@@ -310,3 +314,22 @@ def build_optimizer(params: Iterable[Any], cfg: OptimConfig, known: Iterable[str
     if cfg.name == "sgd":
         return LazySGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer name {cfg.name!r}")
+
+
+@torch.no_grad()
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> float:
+    """``optim.clip_norm``: scale every gradient by ``max_norm / ||g||`` when the global L2 norm
+    ``||g||`` of all of them exceeds ``max_norm`` (Pascanu et al. 2013; seed 002 section 4.3:
+    "we scale the gradient vector to have norm 10 when it exceeds this value").  Row-sparse
+    gradients count their summed rows.  Returns the norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sq = torch.zeros((), dtype=torch.float64)
+    for g in grads:
+        v = sparse_grad_rows(g)[1] if g.is_sparse else g
+        sq += v.double().pow(2).sum().cpu()
+    norm = float(sq.sqrt())
+    if norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in grads:
+            g.mul_(scale)
+    return norm

@@ -11,8 +11,11 @@
   ``RunConfig(name, storage_path)`` (local path or URI; re-running a name continues from its
   latest checkpoint), ``FailureConfig(max_failures)`` (the worker group restarts from the
   latest checkpoint after a worker dies) and ``CheckpointConfig(num_to_keep)``.  Data-parallel
-  models get a Ray Data dataset of the family's rows (``get_dataset_shard("train")``); tensor-
-  parallel models load all the data on every worker.
+  models get a Ray Data dataset of the family's rows (``get_dataset_shard("train")``; session
+  models: one row per sequence, so ``train.sequence_key: user`` shards whole users) plus what
+  the family shares with every shard (``shard_context``: the event-type vocabulary and the item
+  metadata the driver built from all training rows); tensor-parallel models load all the data
+  on every worker.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from rayrec.platform.training.config import TrainJobConfig
 from rayrec.platform.training.families import TrainData, TrainingInputError, family_of
 from rayrec.platform.training.loop import METRICS_FILE, WorkerContext, train_worker
 
-__all__ = ["FitResult", "check_inputs", "fit", "latest_checkpoint", "resolve_paths", "run_dir"]
+__all__ = ["FitResult", "check_inputs", "checkpoint_or_latest", "fit", "latest_checkpoint", "resolve_paths", "run_dir"]
 
 
 @dataclass
@@ -83,6 +86,14 @@ def latest_checkpoint(run_directory: str) -> str | None:
     return max(cands, key=epoch)
 
 
+def checkpoint_or_latest(path: str) -> str | None:
+    """``path`` itself when it is a checkpoint directory (holds ``model.pt``), the latest
+    complete checkpoint when it is a run directory (``runs/<name>``), else None."""
+    if os.path.isfile(os.path.join(path, "model.pt")):
+        return path
+    return latest_checkpoint(path) if os.path.isdir(path) else None
+
+
 def _check_gpu(job: TrainJobConfig) -> None:
     if not job.scaling.use_gpu:
         return
@@ -114,9 +125,24 @@ def check_inputs(job: TrainJobConfig) -> TrainData:
         try:
             check_item_index(ck_items, data.item_ids, where=f"between the run's checkpoint {last} and data.path")
         except CheckpointError as exc:
+            hint = ("train.init_from warm-starts a NEW run: set another run.name" if job.train.init_from else
+                    f"to retrain on the new data from this checkpoint set train.init_from={last} and "
+                    "another run.name (known items keep their weights)")
             raise TrainingInputError(
-                f"{exc}; use another run.name or delete {run_dir(job)} to start fresh"
+                f"{exc}; {hint}; or use another run.name / delete {run_dir(job)} to start fresh"
             ) from None
+    elif job.train.init_from:
+        from rayrec.platform.training.warm_start import WarmStartError, load_init_checkpoint
+
+        try:
+            ck = load_init_checkpoint(job.train.init_from, job.model.name)
+        except WarmStartError as exc:
+            raise TrainingInputError(str(exc)) from None
+        known = len(set(map(str, ck.item_ids)) & set(map(str, data.item_ids)))
+        if known == 0:
+            raise TrainingInputError(
+                f"train.init_from: none of the data's {len(data.item_ids)} items is in the checkpoint's "
+                f"{len(ck.item_ids)} items (another dataset?)")
     if spec.parallelism == "tensor" and job.ray.use_ray and len(data.item_ids) < job.scaling.num_workers:
         raise TrainingInputError(
             f"catalog of {len(data.item_ids)} items is smaller than scaling.num_workers={job.scaling.num_workers}")
@@ -128,6 +154,9 @@ def resolve_paths(job: TrainJobConfig) -> TrainJobConfig:
     p = job.data.path
     if job.data.synthetic is None and "://" not in p and not os.path.isabs(p):
         job = job.model_copy(update={"data": job.data.model_copy(update={"path": os.path.abspath(p)})})
+    init = job.train.init_from
+    if init is not None and "://" not in init and not os.path.isabs(init):
+        job = job.model_copy(update={"train": job.train.model_copy(update={"init_from": os.path.abspath(init)})})
     return job
 
 
@@ -181,7 +210,12 @@ def _ray_worker(config: dict[str, Any]) -> None:
         shard = ray.train.get_dataset_shard("train")
         frames = list(shard.iter_batches(batch_format="pandas", batch_size=4096))
         train = family.from_rows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
-        valid = family.load_valid(job) if rank == 0 else None
+        # the driver's event-type vocabulary and item metadata (vocabularies of all shards)
+        shared = ray.get(config["shared"]) if "shared" in config else {}
+        attach = getattr(family, "attach_context", lambda _a, _s: None)
+        attach(train, shared)
+        valid = family.load_valid(job, train.event_names) if rank == 0 else None
+        attach(valid, shared)
         data = TrainData(train, valid, ray.get(config["item_ids"]),
                          np.asarray(ray.get(config["counts"]), dtype=np.int64))
     else:
@@ -221,7 +255,10 @@ def _fit_ray(job: TrainJobConfig, data: TrainData, log) -> FitResult:
     datasets = None
     if spec.parallelism == "data":
         loop_config.update(item_ids=ray.put(data.item_ids), counts=ray.put(data.counts.tolist()))
-        datasets = {"train": ray.data.from_items(family_of(spec).to_rows(data.train))}
+        family = family_of(spec)
+        datasets = {"train": ray.data.from_items(family.to_rows(data.train))}
+        if hasattr(family, "shard_context"):
+            loop_config["shared"] = ray.put(family.shard_context(data.train))
     trainer = TorchTrainer(
         train_loop_per_worker=_ray_worker,
         train_loop_config=loop_config,

@@ -310,7 +310,8 @@ def run_tune(cfg: TuneJobConfig, log=print) -> dict[str, Any]:
     best_cfg = make_train_config(base, best_point)
     best_yaml = out_dir / "best_config.yaml"
     best_yaml.write_text(yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
-    summary = {"method": cfg.method, "n_trials": len(trials), "best_point": best_point,
+    summary = {"method": cfg.method, "metric": cfg.metric, "mode": cfg.mode,
+               "accuracy_metric": cfg.accuracy_metric, "n_trials": len(trials), "best_point": best_point,
                "best_metric": best.metrics.get(cfg.metric), "best_config_yaml": str(best_yaml),
                "trials": trials}
     if cfg.method == "gentune":

@@ -1,4 +1,5 @@
-"""One local Ray for the whole integration session (logical num_cpus=4, RAY_NOTES)."""
+"""One local Ray for the whole integration session (logical num_cpus=4: a Data pipeline and a
+2-worker trainer never wait on each other for CPUs)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,6 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -121,8 +121,13 @@ def test_shipped_paths_chain(tmp_path, monkeypatch):
         name = getattr(train.data, key)
         assert name is None or name in written, (
             f"{TRAIN_YAML} data.{key}={name!r}: {PREPROCESS_YAML} writes splits {sorted(written)}")
-    assert pre.split.index_split == train.data.train_split, (
-        "the item index is built on split.index_split; the model trains on data.train_split")
+    # the item index is built on split.index_split; RSC15's prepared train_tr is train_full
+    # without its last day, so the train_full index covers both training splits
+    assert pre.split.index_split == "train_full" and train.data.train_split in ("train_full", "train_tr"), (
+        f"the item index is built on split.index_split={pre.split.index_split}; the model trains "
+        f"on data.train_split={train.data.train_split}")
+    # model selection never looks at the test split (finding 10 of the first-user report)
+    assert train.data.valid_split != "test" and train.data.valid_split == "train_valid"
 
     # daily -> the session model: it trains on the daily job's data directory for the date
     day_data = Path(daily.work_dir) / AS_OF / "data"

@@ -86,7 +86,8 @@ def world(tmp_path_factory):
         os.utime(root / "models" / name, (now - age, now - age))
     cats = {it: f"c{int(it) % 3}" for it in items}
     meta = root / "items.csv"
-    pd.DataFrame({"item_id": list(cats), "category": list(cats.values())}).to_csv(meta, index=False)
+    pd.DataFrame({"item_id": list(cats), "category": list(cats.values()),
+                  "title": [f"title {it}" for it in cats]}).to_csv(meta, index=False)
     from rayrec.platform.store import SQLiteRecommendationStore
 
     store = SQLiteRecommendationStore(root / "recs.db")
@@ -463,6 +464,38 @@ def test_user_recs_daily_blend_filters_and_new_version(service, world):
     v = c.get("/versions").json()
     assert v["daily_store"]["current"] == "v2"
     assert v["session_model"]["name"] == "m1" and v["session_model"]["n_items"] == len(items)
+
+
+def test_include_metadata_returns_categories_and_titles_and_is_in_openapi(service, world):
+    """Issue 15 finding 6: ``include_metadata=true`` adds each returned item's categories and
+    title (same order as ``items``) on every recommendation endpoint; a bad value is a 422;
+    the OpenAPI schema has the parameter and the ``metadata`` field."""
+    c, cats, items = service["client"], world["cats"], world["items"]
+
+    def check(body):
+        assert len(body["items"]) > 0 and [m["item_id"] for m in body["metadata"]] == body["items"]
+        for m in body["metadata"]:
+            assert m["categories"] == [cats[m["item_id"]]] and m["title"] == f"title {m['item_id']}"
+
+    s = world["sessions"][1]
+    check(c.post("/recommendations", json={"items": s, "k": 5, "include_metadata": True}).json())
+    plain = c.post("/recommendations", json={"items": s, "k": 5}).json()
+    assert plain["metadata"] is None
+    check(c.get("/users/u1/recommendations", params={"k": 5, "include_metadata": "true"}).json())
+    sid = "meta-" + uuid.uuid4().hex[:8]
+    post_events(c, [{"session_id": sid, "item_id": items[3]}])
+    check(c.get(f"/sessions/{sid}/recommendations", params={"k": 4, "include_metadata": True}).json())
+    check(c.post(f"/sessions/{sid}/recommendations", json={"k": 4, "include_metadata": True}).json())
+    for r in (c.get("/users/u1/recommendations", params={"include_metadata": "maybe"}),
+              c.post("/recommendations", json={"items": s, "include_metadata": "yes"})):
+        assert r.status_code == 422 and "include_metadata" in r.text
+    spec = c.get("/openapi.json").json()
+    params = [p["name"] for p in spec["paths"]["/users/{user_id}/recommendations"]["get"]["parameters"]]
+    assert "include_metadata" in params
+    schemas = spec["components"]["schemas"]
+    assert "metadata" in schemas["RecsOut"]["properties"]
+    assert set(schemas["ItemMeta"]["properties"]) == {"item_id", "categories", "title"}
+    assert "include_metadata" in schemas["StatelessIn"]["properties"]
 
 
 def test_admin_requires_token_and_rolls_back(service, world):

@@ -507,3 +507,142 @@ def test_train_cli_daily_in_process(tmp_path, capsys):
     assert "holds another model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train.main([*DAILY, "data.synthetic={n_users: 5, n_items: 3}", "data.catalog_size=2"])
+
+
+# ---------------------------------------------------------------------------------------
+# issue 15: degenerate windows, POP row and publish floors (4), backfill (5), metadata (6)
+# ---------------------------------------------------------------------------------------
+
+
+def test_degenerate_windows_are_an_error_naming_the_window_dates_and_counts(udata, tmp_path):
+    cfg = _job_cfg(udata, tmp_path, sanity={"min_train_users": 1000})
+    with pytest.raises(daily_job.DailyJobError) as e:
+        daily_job.run_daily(cfg, "2020-04-20", log=lambda _m: None)
+    msg = str(e.value)
+    plan = json.loads((Path(cfg.work_dir) / "2020-04-20" / "windows.json").read_text())
+    assert "training window X = [2018-04-21, 2020-03-31) -> Y = [2020-03-31, 2020-04-20)" in msg
+    assert f"has {plan['train_users']} users" in msg and "sanity.min_train_users=1000" in msg
+    assert 0 < plan["train_users"] < 1000 and "sanity.on_small: warn" in msg
+    assert not (tmp_path / "recs.sqlite").exists()  # nothing trained, nothing published
+    cfg = _job_cfg(udata, tmp_path, sanity={"min_eval_users": 1000})
+    with pytest.raises(daily_job.DailyJobError, match=r"future window XY = \[2018-04-21, 2020-04-20\) "
+                       r"-> Z = \[2020-04-20, 2020-04-30\) has \d+ users .*min_eval_users=1000"):
+        daily_job.run_daily(cfg, "2020-04-20", log=lambda _m: None)
+
+
+def test_small_windows_warn_pop_row_always_and_the_floor_refuses_unless_forced(udata, tmp_path):
+    cfg = _job_cfg(udata, tmp_path, sanity={"min_eval_users": 1000, "on_small": "warn"},
+                   publish={"k": 5, "min_precision": 1.0})
+    logs: list[str] = []
+    with pytest.raises(daily_job.DailyJobError, match=r"publish refused: precision@5 0\.\d{4} < "
+                       r"publish\.min_precision=1\.0 \(\d+ users evaluated\); --force"):
+        daily_job.run_daily(cfg, "2020-04-20", log=logs.append)
+    assert not (tmp_path / "recs.sqlite").exists()
+    assert any(m.startswith("WARNING: future window") and "min_eval_users=1000" in m for m in logs)
+    day = Path(cfg.work_dir) / "2020-04-20"
+    ev = json.loads((day / "evaluation.json").read_text())
+    model_row, pop_row = ev["rows"]
+    assert pop_row["model"] == "POP" and pop_row["n_users"] == model_row["n_users"] == ev["n_users"]
+    assert ev["window_users"]["eval"] == ev["n_users"] and ev["precision@5"] < 1.0
+    # the POP row is POP's own metric on the same users (not the model's)
+    cat = load_catalog(str(day / "data"), None)
+    test = load_windows(str(day / "data"), "test", cat)
+    from rayrec.platform.daily.evaluate import evaluate_scores
+
+    assert pop_row["precision@5"] == pytest.approx(
+        evaluate_scores(pop_scores(test), test, [5])["precision@5"])
+    md = (day / "comparison.md").read_text().splitlines()
+    assert md[0].endswith("| n_users |")
+    assert md[3].startswith("| POP |") and md[3].endswith(f"| {pop_row['n_users']} |")
+    s = daily_job.run_daily(cfg, "2020-04-20", log=lambda _m: None, force=True)
+    assert s["users_published"] > 0 and any(w.startswith("--force: publishing") for w in s["warnings"])
+    with SQLiteRecommendationStore(cfg.store.path) as store:
+        assert store.current().version == s["version"]
+
+
+def test_model_below_pop_is_a_warning_and_pop_ratio_floor():
+    cfg = DailyJobConfig.model_validate({"source": {"format": "movielens", "path": "x"},
+                                         "train": {"eval": {"ks": [10]}},
+                                         "publish": {"min_pop_ratio": 0.5}})
+    ev = {"rows": [{"model": "m", "precision@10": 0.0077, "n_users": 8},
+                   {"model": "POP", "precision@10": 0.0615, "n_users": 8}]}
+    logs: list[str] = []
+    with pytest.raises(daily_job.DailyJobError, match=r"min_pop_ratio=0\.5 x POP 0\.0615"):
+        daily_job.check_publish(cfg, ev, False, logs.append, [])
+    assert logs == ["WARNING: the model is below POP: precision@10 0.0077 < POP 0.0615 on 8 users"]
+    ok = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"min_pop_ratio": 0.1})})
+    warned: list[str] = []
+    daily_job.check_publish(ok, ev, False, lambda _m: None, warned)  # 0.0077 >= 0.1 x 0.0615
+    assert len(warned) == 1 and "below POP" in warned[0]
+    with pytest.raises(ValueError, match=r"publish\.k=5 must be one of train\.eval\.ks \[10\]"):
+        DailyJobConfig.model_validate({"source": {"format": "movielens", "path": "x"},
+                                       "train": {"eval": {"ks": [10]}}, "publish": {"k": 5}})
+
+
+def test_flat_learned_decay_is_not_reported_as_a_decay_of_thousands_of_days(tmp_path):
+    curve = np.ones(32) + 1e-4 * np.arange(32)[::-1]  # nearly flat: a handful of users
+    fit = plot_decay(curve, tmp_path / "d.png", observed=[0, 1, 2, 3])
+    assert fit["decay_days"] is None and fit["horizon_days"] == pytest.approx(4 * 730 / 32)
+    assert "no time decay learned within the observed 91 days" in fit["note"] and (tmp_path / "d.png").is_file()
+
+
+def test_backfill_needs_the_flag_and_never_moves_current(udata, tmp_path):
+    cfg = _job_cfg(udata, tmp_path)
+    s1 = daily_job.run_daily(cfg, "2020-04-20", log=lambda _m: None)
+    with pytest.raises(daily_job.DailyJobError, match=r"--as-of 2020-04-10 is older than the current "
+                       r"version's as-of 2020-04-20 .*--backfill"):
+        daily_job.run_daily(cfg, "2020-04-10", log=lambda _m: None)
+    assert not (Path(cfg.work_dir) / "2020-04-10").exists()  # refused before any work
+    s2 = daily_job.run_daily(cfg, "2020-04-10", log=lambda _m: None, backfill=True)
+    assert s2["current"] == s1["version"] and s2["backfill"]
+    with SQLiteRecommendationStore(cfg.store.path) as store:
+        assert store.current().version == s1["version"]
+        info = {v.version: v for v in store.versions()}
+        assert info[s2["version"]].as_of == "2020-04-10" and info[s2["version"]].backfill
+        user = next(iter(pd.read_parquet(Path(cfg.work_dir) / "2020-04-10/data/predict_x.parquet")["user_id"]))
+        assert store.get(str(user), version=s2["version"]).version == s2["version"]
+    assert daily_job.main(["-c", _yaml(cfg, tmp_path), "--as-of", "2020-04-10"]) == 1
+
+
+def _yaml(cfg: DailyJobConfig, tmp: Path) -> str:
+    import yaml
+
+    p = tmp / "daily.yaml"
+    p.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return str(p)
+
+
+def _u_item(path: Path, genres: dict[int, list[int]]) -> Path:
+    """A MovieLens ``u.item`` for items 1..30: id|title|date||url|19 genre flags."""
+    lines = []
+    for i in range(1, 31):
+        flags = ["1" if g in genres.get(i, []) else "0" for g in range(19)]
+        lines.append("|".join([str(i), f"Movie {i} (1995)", "01-Jan-1995", "", "http://x", *flags]))
+    path.write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return path
+
+
+def test_item_metadata_is_written_for_serving_and_user_metadata_refused(udata, tmp_path):
+    from rayrec.serve_apps.policy import ItemCatalog
+    from rayrec.serve_apps.scoring import read_item_metadata
+
+    with pytest.raises(ValueError, match=r"source\.user_metadata is not used by the daily job"):
+        _job_cfg(udata, tmp_path, source={"format": "movielens", "path": str(udata),
+                                          "user_metadata": str(tmp_path / "u.user")})
+    # u.item genres 1 = Action, 5 = Comedy, 8 = Drama: item 1 is Action|Comedy
+    meta = _u_item(tmp_path / "u.item", {1: [1, 5], 2: [5], 3: [8, 1]})
+    cfg = _job_cfg(udata, tmp_path, source={"format": "movielens", "path": str(udata),
+                                            "event": "purchase", "item_metadata": str(meta)})
+    s = daily_job.run_daily(cfg, "2020-04-20", log=lambda _m: None)
+    assert Path(s["item_metadata"]) == tmp_path / "item_metadata.parquet"
+    cats, titles = read_item_metadata(s["item_metadata"], "|")
+    assert cats["1"] == ["Action", "Comedy"] and cats["3"] == ["Action", "Drama"]
+    assert titles["2"] == "Movie 2 (1995)" and len(titles) == 30
+    cat = ItemCatalog(["1", "2", "3", "4"], cats, titles)
+    assert cat.allowed_mask(["Action"]).tolist() == [True, False, True, False]
+    bad = tmp_path / "dup.csv"
+    bad.write_text("item_id,category\n1,a\n2,b\n1,c\n")
+    from rayrec.platform.daily.metadata import read_item_metadata as daily_meta
+
+    with pytest.raises(ValueError, match=r"item_id '1' listed twice \(rows \[1, 3\]\)"):
+        daily_meta(bad, "csv")

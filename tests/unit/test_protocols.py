@@ -277,3 +277,48 @@ def test_sampled_candidates_bad_input():
         evaluate_sampled_candidates(
             lambda c, x: x, np.array([0]), 0, np.ones(3), 1.0, np.random.default_rng(0)
         )
+
+
+# ---- candidate mask, mean ties, perplexity (seed 001: cold-start evaluation, Tables 1 and 7)
+
+
+def test_next_item_mean_ties_take_the_mean_position():
+    offsets = np.array([0, 2], dtype=np.int64)
+    items = np.array([0, 1], dtype=np.int64)
+    table = torch.zeros(5, 5)
+    table[0, 4] = 1.0  # after item 0: item 4 first, then items 0-3 tied (the target 1 among them)
+    cons = evaluate_next_item(TableScorer(table), offsets, items, cutoffs=(5,))
+    mean = evaluate_next_item(TableScorer(table), offsets, items, cutoffs=(5,), ties="mean")
+    assert cons["mrr@5"] == pytest.approx(1 / 5)  # 1 + 1 above + 3 ties against it
+    assert mean["mrr@5"] == pytest.approx(1 / 3.5)  # 1 + 1 above + 3 ties / 2
+    assert mean["ties"] == "mean" and "ties" not in cons
+    with pytest.raises(ValueError, match="ties must be"):
+        evaluate_next_item(TableScorer(table), offsets, items, ties="optimistic")
+
+
+def test_next_item_candidate_mask_ranks_among_candidates_and_counts_the_rest():
+    # sessions [0, 1, 2]: pairs 0 -> 1 and 1 -> 2; item 3 always scores highest
+    table = torch.tensor([[0.0, 1.0, 0.5, 2.0]] * 4)
+    offsets = np.array([0, 3], dtype=np.int64)
+    items = np.array([0, 1, 2], dtype=np.int64)
+    full = evaluate_next_item(TableScorer(table), offsets, items, cutoffs=(1, 2))
+    cold = np.array([False, True, False, False])  # only item 1 is a candidate
+    got = evaluate_next_item(TableScorer(table), offsets, items, cutoffs=(1, 2), candidates=cold)
+    assert full["n"] == 2 and full["recall@1"] == 0.0  # item 3 is first everywhere
+    assert got["n"] == 1 and got["recall@1"] == 1.0  # 0 -> 1 ranked among {1}: first
+    assert got["n_skipped_targets"] == 1 and got["n_candidates"] == 1
+    with pytest.raises(ValueError, match="candidates must be"):
+        evaluate_next_item(TableScorer(table), offsets, items, candidates=np.ones(3, bool))
+
+
+def test_next_item_perplexity_is_exp_mean_nll_of_the_softmax():
+    torch.manual_seed(0)
+    table = torch.randn(4, 4)
+    offsets = np.array([0, 3], dtype=np.int64)
+    items = np.array([0, 1, 2], dtype=np.int64)
+    r = evaluate_next_item(TableScorer(table), offsets, items, ppl=True)
+    lp = torch.log_softmax(table.double(), 1)
+    assert r["ppl"] == pytest.approx(math.exp(-(lp[0, 1] + lp[1, 2]).item() / 2))
+    uniform = evaluate_next_item(TableScorer(torch.zeros(4, 4)), offsets, items, ppl=True)
+    assert uniform["ppl"] == pytest.approx(4.0)  # a uniform model's perplexity is N
+    assert "ppl" not in evaluate_next_item(TableScorer(table), offsets, items)

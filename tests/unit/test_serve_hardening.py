@@ -213,3 +213,16 @@ def test_session_encoding_cached_per_stored_version(world):
     (fresh,) = sm.score_batch([newer])
     (uncached,) = sm.score_batch([ScoreRequest(ITEMS[:5], 5, [])])
     assert sm.cache_hits == 1 and fresh.items == uncached.items
+
+
+def test_daily_backfill_is_listed_but_not_served(world):
+    """Issue 15 finding 5, serving side: a backfilled (older as-of) version is listed by
+    ``/versions`` with ``backfill`` while the current version keeps serving."""
+    with SQLiteRecommendationStore(world / "recs.db") as store:
+        store.publish("old", "2025-06-01", "d", [("u1", ITEMS[10:15], [1.0] * 5)], make_current=False)
+    d = DailyRecommender(_args(world))
+    assert d.get("u1").version == "v1" and d.get("u1").items == ITEMS[:5]
+    v = d.versions()
+    assert v.current == "v1"
+    assert [(x.version, x.backfill, x.is_current) for x in v.versions] == [("v1", False, True),
+                                                                           ("old", True, False)]

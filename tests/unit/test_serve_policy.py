@@ -148,3 +148,31 @@ def test_item_sources_say_where_each_blended_item_came_from():
     assert policy.item_sources(items, session, daily) == [
         "session", "daily", "session+daily", "session", "popularity", "popularity"]
     assert policy.item_sources([], session, daily) == []
+
+
+def test_multi_valued_categories_match_if_any_category_matches(tmp_path):
+    """Issue 15 finding 6: an item in several categories (``Action|Comedy``) matches an
+    include filter if any of its categories is included and is removed by an exclude filter
+    if any of them is excluded; the metadata file's categories are split on the separator and
+    titles are kept for ``include_metadata`` responses."""
+    from rayrec.serve_apps.scoring import read_item_metadata
+
+    meta = tmp_path / "items.csv"
+    meta.write_text("item_id,category,title\n"
+                    "i0,Action|Comedy,Zero\ni1,Comedy,One\ni2,Drama| Action ,Two\ni3,,Three\n")
+    cats, titles = read_item_metadata(meta, "|")
+    assert cats == {"i0": ["Action", "Comedy"], "i1": ["Comedy"], "i2": ["Drama", "Action"]}
+    assert titles["i3"] == "Three"
+    cat = ItemCatalog([f"i{j}" for j in range(5)], cats, titles)
+    assert cat.categories == ["Action", "Comedy", "Drama"]
+    assert cat.allowed_mask(["Action"]).tolist() == [True, False, True, False, False]
+    assert cat.allowed_mask(["Comedy"]).tolist() == [True, True, False, False, False]
+    # exclude Comedy: i0 (Action|Comedy) goes although Action is not excluded
+    assert cat.allowed_mask((), ["Comedy"]).tolist() == [False, False, True, True, True]
+    assert cat.allowed_mask(["Action"], ["Drama"]).tolist() == [True, False, False, False, False]
+    assert cat.allowed("i2", ["Action"], []) and not cat.allowed("i0", [], ["Comedy"])
+    assert cat.metadata("i0") == {"item_id": "i0", "categories": ["Action", "Comedy"], "title": "Zero"}
+    assert cat.metadata("i3") == {"item_id": "i3", "categories": [], "title": "Three"}
+    assert cat.metadata("nope") == {"item_id": "nope", "categories": [], "title": None}
+    one, _ = read_item_metadata(meta, None)  # no separator: one category per item
+    assert one["i0"] == ["Action|Comedy"]

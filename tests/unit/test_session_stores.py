@@ -377,3 +377,50 @@ def test_ids_with_a_trailing_newline_are_refused():
     for bad in ["abc\n", "abc\r\n", "\nabc"]:
         with pytest.raises(ValueError, match="session_id"):
             validate_id(bad, "session_id")
+
+
+# ---- user events (replayed by models with a user memory, seed 001 section 2.2) -----------
+
+
+def _reopen(s):
+    """The same store's data through a fresh client (a restarted replica)."""
+    if isinstance(s, SQLiteSessionStore):
+        return SQLiteSessionStore(s.path, s.limits)
+    from rayrec.platform.sessions.redis_sessions import RedisSessionStore
+
+    return RedisSessionStore(REDIS_URL, s.limits, prefix=s.prefix)
+
+
+def test_user_events_span_sessions_are_bounded_and_survive_a_restart(make_store):
+    s = make_store(max_user_events=4)
+    s.append("s1", [ev("a", 1000), ev("b", 2000, "cart", 2.0)], user_id="u")
+    s.append("s2", [ev("c", 3000)], user_id="u")
+    s.append("anon", [ev("x", 3500)])
+    assert [e.item_id for e in s.user_events("u")] == ["a", "b", "c"]
+    assert s.user_events("u")[1] == SessionEvent("b", 2000, "cart", 2.0)
+    s.append("s2", [ev("d", 4000), ev("e", 5000)])  # no user_id: the session's user
+    assert [e.item_id for e in s.user_events("u")] == ["b", "c", "d", "e"]  # the newest 4
+    assert s.user_events("nobody") == []
+    again = _reopen(s)
+    try:
+        assert again.user_events("u") == s.user_events("u")
+    finally:
+        again.close()
+
+
+def test_a_row_older_than_its_users_newest_event_by_more_than_the_skew_is_refused(make_store):
+    s = make_store(max_clock_skew_s=60)
+    t = 1_700_000_000_000
+    s.append("s1", [ev("a", t)], user_id="u")
+    res = s.append_events([
+        EventRow("e1", "s2", "b", t - 30_000, "u"),  # within the skew: stored
+        EventRow("e2", "s2", "c", t - 61_000, "u"),  # 61 s older than the user's newest
+        EventRow("e3", "s3", "d", t - 3_600_000),  # no user: no check
+        EventRow("e4", "s2", "f", t - 61_000),  # the session's user (set by e1)
+    ])
+    assert res.stored == [0, 2]
+    assert [i for i, _ in res.rejected] == [1, 3]
+    assert "61 s older than the user's newest event" in res.rejected[0][1]
+    assert "max_clock_skew_s=60" in res.rejected[0][1]
+    assert [e.item_id for e in s.user_events("u")] == ["b", "a"]  # by time
+    assert s.get("s2").item_ids == ["b"]

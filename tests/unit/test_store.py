@@ -229,3 +229,23 @@ def test_readers_never_see_a_mixed_version(tmp_path: Path) -> None:
     assert [v.version for v in writer.versions()] == ["v3", "v4"]
     writer.close()
     reader.close()
+
+
+def test_backfill_is_stored_listed_and_readable_but_never_moves_current(store) -> None:
+    """Issue 15 finding 5: a backfill (an as-of older than the current one) must not move the
+    served version back in time; it stays listed and readable by name, and a rollback from a
+    newer version skips it (it was never served)."""
+    store.publish("sep", "2016-09-01", "m", rows_for("sep"))
+    assert store.publish("jan", "2016-01-01", "m", rows_for("jan"), make_current=False) == "jan"
+    assert store.current().version == "sep"
+    assert store.get("u3").version == "sep" and store.get("u3").items[0].startswith("sep:")
+    assert store.get("u3", version="jan").items[0] == "jan:3:0"
+    info = {v.version: v for v in store.versions()}
+    assert set(info) == {"sep", "jan"} and info["jan"].backfill and not info["sep"].backfill
+    assert info["jan"].complete and info["jan"].n_rows == 50 and not info["jan"].is_current
+    # idempotent: the same (as_of, model_version) again returns it, still not current
+    assert store.publish("jan2", "2016-01-01", "m", rows_for("x"), make_current=False) == "jan"
+    store.publish("oct", "2016-10-01", "m", rows_for("oct"))
+    assert store.rollback().version == "sep"  # not the backfill published in between
+    with SQLiteRecommendationStore(store.path, create=False) as reader:  # readers see the flag
+        assert [v.backfill for v in reader.versions()] == [False, True, False]
