@@ -1,10 +1,14 @@
-"""Shared helpers for the benchmarks: a table printer and machine description."""
+"""Shared helpers for the benchmarks: a table printer, the machine description and the
+prepared rsc15-100k data."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import platform as _stdlib_platform
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
@@ -47,3 +51,20 @@ def _fmt(v) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return "" if v is None else str(v)
+
+
+def ensure_rsc15(root: Path) -> str:
+    """``root`` holding rsc15-100k preprocessed by ``jobs/configs/preprocess_rsc15.yaml``
+    (prepared in this process on the first call; the config reads ``../shared/data``
+    relative to the repository root)."""
+    if (root / "manifest.json").is_file():
+        return str(root)
+    from rayrec.platform.config import load_config
+    from rayrec.platform.preprocessing.config import PreprocessJobConfig
+    from rayrec.platform.preprocessing.pipeline import run_preprocess
+
+    os.chdir(REPO)
+    cfg = load_config(PreprocessJobConfig, REPO / "jobs/configs/preprocess_rsc15.yaml",
+                      [f"output.path={root}", "ray.use_ray=false"])
+    run_preprocess(cfg, log=lambda _m: None)
+    return str(root)

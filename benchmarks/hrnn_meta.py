@@ -22,7 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import machine, table, today
+from benchmarks._common import ensure_rsc15, machine, table, today
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,33 +38,20 @@ ROWS = {
 }
 
 
-def _ensure_data(root: Path) -> str:
-    if (root / "manifest.json").is_file():
-        return str(root)
-    from rayrec.platform.config import load_config
-    from rayrec.platform.preprocessing.config import PreprocessJobConfig
-    from rayrec.platform.preprocessing.pipeline import run_preprocess
-
-    os.chdir(REPO)
-    cfg = load_config(PreprocessJobConfig, REPO / "jobs/configs/preprocess_rsc15.yaml",
-                      [f"output.path={root}", "ray.use_ray=false"])
-    run_preprocess(cfg, log=lambda _m: None)
-    return str(root)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
     ap.add_argument("--data", default=str(REPO / "outputs/rsc15-100k"))
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per run (scaling.cpus_per_worker)")
     args = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from rayrec.platform.config import load_config
     from rayrec.platform.training.config import TrainJobConfig
     from rayrec.platform.training.trainer import fit
 
-    root = _ensure_data(Path(args.data))
+    root = ensure_rsc15(Path(args.data))
     tmp = Path(tempfile.mkdtemp(prefix="rayrec-bench-hrnn-"))
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = []
@@ -74,7 +61,7 @@ def main() -> None:
         for seed in seeds:
             base = REPO / "jobs/configs/gru4rec_rsc15.yaml" if key == "gru4rec" else None
             job = load_config(TrainJobConfig, base, [
-                *overrides, "train.batch_size=32", "scaling.cpus_per_worker=2", f"data.path={root}", "data.train_split=train_full", "data.valid_split=test",
+                *overrides, "train.batch_size=32", f"scaling.cpus_per_worker={args.threads}", f"data.path={root}", "data.train_split=train_full", "data.valid_split=test",
                 f"train.epochs={args.epochs}", f"train.seed={seed}", f"eval.every={args.epochs}",
                 "eval.ks=[20]", "ray.use_ray=false", "run.checkpoint=false", f"run.storage_path={tmp}",
                 f"run.name={key}-{seed}"])
@@ -86,7 +73,8 @@ def main() -> None:
         out.append({"model": label, "R@20": sum(m["recall@20"] for m in got) / n,
                     "MRR@20": sum(m["mrr@20"] for m in got) / n,
                     "examples/s": sum(m["examples_per_s"] for m in got) / n})
-    print(f"\n`python -m benchmarks.hrnn_meta --epochs {args.epochs} --seeds {args.seeds}`, "
+    print(f"\n`python -m benchmarks.hrnn_meta --epochs {args.epochs} --seeds {args.seeds} "
+          f"--threads {args.threads}`, "
           f"{today()}, {machine()}, seeds {seeds}, rsc15-100k train_full -> test\n")
     print(table(out, ["model", "R@20", "MRR@20", "examples/s"]))
 

@@ -21,23 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import machine, table, today
+from benchmarks._common import ensure_rsc15, machine, table, today
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _ensure_data(root: Path) -> str:
-    if (root / "manifest.json").is_file():
-        return str(root)
-    from rayrec.platform.config import load_config
-    from rayrec.platform.preprocessing.config import PreprocessJobConfig
-    from rayrec.platform.preprocessing.pipeline import run_preprocess
-
-    os.chdir(REPO)
-    cfg = load_config(PreprocessJobConfig, REPO / "jobs/configs/preprocess_rsc15.yaml",
-                      [f"output.path={root}", "ray.use_ray=false"])
-    run_preprocess(cfg, log=lambda _m: None)
-    return str(root)
 
 
 def main() -> None:
@@ -53,7 +39,7 @@ def main() -> None:
     from rayrec.platform.training.loop import run_local
     from rayrec.platform.training.trainer import fit
 
-    root = _ensure_data(Path(args.data))
+    root = ensure_rsc15(Path(args.data))
     tmp = Path(tempfile.mkdtemp(prefix="rayrec-bench-train-"))
 
     def job(*overrides: str) -> TrainJobConfig:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from rayrec.jobs import _cli
 from rayrec.platform.daily.config import BatchPredictJobConfig
+from rayrec.platform.sections import resolve_use_ray
 
 
 def run_batch_predict(cfg: BatchPredictJobConfig, log=print) -> dict:
@@ -30,11 +31,13 @@ def run_batch_predict(cfg: BatchPredictJobConfig, log=print) -> dict:
     as_of = cfg.as_of.isoformat()
     windows = build_windows(read_split(cfg.data_path, cfg.predict_split), None, as_of, cat,
                             name=f"{cfg.data_path}:{cfg.predict_split}")
-    if cfg.ray.use_ray:
+    use_ray = resolve_use_ray(cfg.ray.use_ray, cfg.ray.address, windows.n_users, cfg.ray.auto_max_rows,
+                              "users to score")
+    if use_ray:
         from rayrec.platform.runtime import init_ray
 
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    rows = batch_predict(cfg.checkpoint, windows, cfg.predict, use_ray=cfg.ray.use_ray)
+    rows = batch_predict(cfg.checkpoint, windows, cfg.predict, use_ray=use_ray)
     mv = cfg.model_version or model_version_of(cfg.checkpoint)
     Path(cfg.store.path).parent.mkdir(parents=True, exist_ok=True)
     with SQLiteRecommendationStore(cfg.store.path, keep_versions=cfg.store.keep_versions) as store:

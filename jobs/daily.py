@@ -50,6 +50,7 @@ import pandas as pd
 
 from rayrec.jobs import _cli
 from rayrec.platform.daily.config import DailyJobConfig
+from rayrec.platform.sections import resolve_use_ray
 from rayrec.platform.training.config import TrainJobConfig
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -67,12 +68,24 @@ def parse_as_of(text: str) -> date:
 
 
 def _read_events(cfg: DailyJobConfig) -> tuple[pd.DataFrame, Any]:
-    """Raw purchases (user_id, item_id, ts ms, value) after the value filter."""
+    """Raw purchases (user_id, item_id, ts ms) after the value filter, of every source; an
+    event in several sources (same user, item and time) is kept once."""
+    frames, first_rf = [], None
+    for src in cfg.sources:
+        df, rf = _read_one(cfg, src)
+        frames.append(df)
+        first_rf = first_rf or rf
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(frames) > 1:
+        out = out.drop_duplicates(["user_id", "item_id", "ts_ms"], keep="first")
+    if out.empty:
+        raise DailyJobError(f"source {', '.join(str(s.path) for s in cfg.sources)}: no purchases after filtering")
+    return out.reset_index(drop=True), first_rf
+
+
+def _read_one(cfg: DailyJobConfig, src) -> tuple[pd.DataFrame, Any]:
     from rayrec.platform.preprocessing import readers
 
-    src = cfg.source
-    if src.path is None:
-        raise DailyJobError("source.path is required for the daily job (one event file)")
     kwargs: dict[str, Any] = {}
     if src.format in ("csv", "parquet"):
         kwargs = dict(column_map=src.column_map, ts_format=src.ts_format, sep=src.sep)
@@ -90,10 +103,7 @@ def _read_events(cfg: DailyJobConfig) -> tuple[pd.DataFrame, Any]:
                         "ts_ms": ts_ms.to_numpy()})
     if cfg.filter.value_above is not None:
         out = out.loc[pd.to_numeric(df["value"], errors="coerce").to_numpy() > cfg.filter.value_above]
-    out = out.dropna(subset=["ts_ms"])
-    if out.empty:
-        raise DailyJobError(f"source {src.path}: no purchases after filtering")
-    return out.reset_index(drop=True), rf
+    return out.dropna(subset=["ts_ms"]), rf
 
 
 def _day(ms: float) -> date:
@@ -136,7 +146,8 @@ def preprocess_for_date(cfg: DailyJobConfig, as_of: date, day_dir: Path, log: Ca
     win = plan_windows(cfg, as_of, first, last)
     out = day_dir / "data"
     pcfg = PreprocessJobConfig.model_validate({
-        "source": cfg.source.model_dump(mode="json"),
+        "source": [src.model_dump(mode="json") for src in cfg.sources] if len(cfg.sources) > 1
+        else cfg.sources[0].model_dump(mode="json"),
         "validation": cfg.validation.model_dump(mode="json"),
         "filter": cfg.filter.model_dump(mode="json"),
         "split": {"name": "date_windows", **{k: v.isoformat() for k, v in win.items()},
@@ -290,10 +301,11 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
     _fail(cfg, "preprocess")
     plan = preprocess_for_date(cfg, as_of, day_dir, log)
     meta_df = None
-    if cfg.source.item_metadata is not None:
+    meta_src = cfg.item_metadata_source
+    if meta_src is not None:
         from rayrec.platform.daily.metadata import read_item_metadata
 
-        meta_df = read_item_metadata(cfg.source.item_metadata, cfg.source.format, cfg.metadata.category_sep)
+        meta_df = read_item_metadata(meta_src.item_metadata, meta_src.format, cfg.metadata.category_sep)
     tcfg = train_cfg_for_date(cfg, day_dir)
     cat = load_catalog(tcfg.data.path, tcfg.data.catalog_size)
     train_w = load_windows(tcfg.data.path, tcfg.data.train_split, cat)
@@ -364,11 +376,13 @@ def run_daily(cfg: DailyJobConfig, as_of_text: str, log: Callable[[str], None] =
     _fail(cfg, "predict")
     windows = load_windows(tcfg.data.path, tcfg.data.test_split, Catalog(cat.item_ids, cat.remap),
                            with_targets=False, input_split=str(day_dir / "data" / "predict_x.parquet"))
-    if cfg.ray.use_ray:
+    use_ray = resolve_use_ray(cfg.ray.use_ray, cfg.ray.address, windows.n_users, cfg.ray.auto_max_rows,
+                              "users to score", log)
+    if use_ray:
         from rayrec.platform.runtime import init_ray
 
         init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    rows = batch_predict(ck, windows, cfg.predict, use_ray=cfg.ray.use_ray)
+    rows = batch_predict(ck, windows, cfg.predict, use_ray=use_ray)
     times["predict_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      ("train_full", "test", "train_tr", "train_valid")]
         pcfg = load_config(
             PreprocessJobConfig, Path(__file__).parent / "configs" / "preprocess_rsc15.yaml",
-            overrides + [f"output.path={out / 'data'}"],
+            overrides + [f"output.path={out / 'data'}", "ray.use_ray=true"],  # the demo shows Ray Data
         )
         dataset = "rsc15-100k"
     else:
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pcfg = load_config(
             PreprocessJobConfig, None,
             ["source.format=rsc15_prepared", f"source.path={src}", "split.test_days=1",
-             f"output.path={out / 'data'}"],
+             f"output.path={out / 'data'}", "ray.use_ray=true"],
         )
         dataset = "synthetic"
     manifest = run_preprocess(pcfg)

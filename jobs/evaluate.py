@@ -135,10 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def run_sampled(cfg: EvaluateJobConfig, log=print) -> dict[str, dict[str, Any]]:
     """``protocol: sampled_candidates``: ``data.test_split``'s ``<split>_input`` histories and
     ``<split>_target`` positives; popularity from ``data.train_split``'s distinct users;
@@ -206,3 +202,7 @@ def format_sampled_table(results: dict[str, dict[str, Any]], ks: Sequence[int]) 
         lines.append(f"{name:<28}" + "".join(f"{res.get(k, float('nan')):>11.4f}" for k in keys)
                      + f"{res.get('n', 0):>7}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from rayrec.jobs import _cli
 from rayrec.platform.preprocessing.config import PreprocessJobConfig
-from rayrec.platform.preprocessing.pipeline import preflight, run_preprocess
+from rayrec.platform.preprocessing.pipeline import decide_ray, preflight, run_preprocess
 from rayrec.platform.preprocessing.readers import ReaderError
 from rayrec.platform.preprocessing.validate import ValidationFailed
 
@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = _cli.load(PreprocessJobConfig, args, "preprocess")
     try:
         preflight(cfg)  # files, column maps, item_index_from: before Ray's start-up cost
+        cfg = decide_ray(cfg)
         if cfg.ray.use_ray:
             from rayrec.platform.runtime import init_ray
 

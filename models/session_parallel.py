@@ -19,9 +19,20 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "ItemFeatures", "SessionArrays", "group_by_user", "item_counts", "n_training_pairs",
+    "ItemFeatures", "SessionArrays", "group_by_user", "item_counts", "n_training_pairs", "ts_seconds",
     "session_parallel_batches",
 ]
+
+
+
+def ts_seconds(ts: pd.Series) -> np.ndarray:
+    """Event times as float seconds since the epoch: datetimes (UTC, tz-aware or naive) or
+    numbers already in seconds."""
+    if pd.api.types.is_datetime64_any_dtype(ts):
+        if getattr(ts.dt, "tz", None) is not None:
+            ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+        return ts.to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9
+    return ts.to_numpy(dtype=np.float64)
 
 
 @dataclass
@@ -111,13 +122,7 @@ class SessionArrays:
         missing = [c for c in ("session_id", "item_idx", "ts") if c not in df.columns]
         if missing:
             raise ValueError(f"from_frame: missing column(s) {missing}; got {list(df.columns)}")
-        ts = df["ts"]
-        if pd.api.types.is_datetime64_any_dtype(ts):
-            if getattr(ts.dt, "tz", None) is not None:
-                ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-            t = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9
-        else:
-            t = ts.to_numpy(dtype=np.float64)
+        t = ts_seconds(df["ts"])
         item = df["item_idx"].to_numpy()
         if not np.issubdtype(item.dtype, np.integer):
             raise ValueError(f"from_frame: item_idx must be integer, got dtype {item.dtype}")

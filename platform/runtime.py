@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -16,11 +18,25 @@ def plain_logs() -> None:
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-    try:
-        from ray.data import DataContext
-    except ImportError:  # pragma: no cover - ray[data] is a dependency
-        return
+    import ray  # noqa: F401  (sets up the "ray" logger's handler)
+    from ray.data import DataContext
+
     DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray").handlers:  # e.g. "View the dashboard at <bold green>"
+        if not any(isinstance(f, _StripAnsi) for f in handler.filters):
+            handler.addFilter(_StripAnsi())
+
+
+class _StripAnsi(logging.Filter):
+    """Removes ANSI escape sequences from a log record's message."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "\x1b[" in msg:
+            record.msg, record.args = self._ANSI.sub("", msg), ()
+        return True
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, log=print, **kwargs: Any) -> None:

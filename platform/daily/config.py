@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rayrec.platform.config import StrictModel
-from rayrec.platform.preprocessing.config import FilterConfig, SourceConfig, ValidateConfig
+from rayrec.platform.preprocessing.config import FilterConfig, SourceConfig, Sources, ValidateConfig
 from rayrec.platform.sections import RaySection
 from rayrec.platform.training.config import TrainJobConfig
 
@@ -133,7 +133,11 @@ class MetadataConfig(StrictModel):
 
 
 class DailyJobConfig(StrictModel):
-    source: SourceConfig
+    source: Sources
+    """One event file, or a list (the history plus the Serve event logs, ``events.log_dir``):
+    their purchases are merged and an event found in several sources (same user, item and
+    time) is kept once (counted in the preprocess manifest's ``counts.dedupe``).
+    ``item_metadata`` is read from the first source that names it."""
     validation: ValidateConfig = Field(default_factory=ValidateConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)
@@ -144,8 +148,9 @@ class DailyJobConfig(StrictModel):
     defaults to ``daily_nn``; ``data.path`` and ``run`` are set per date."""
     predict: PredictConfig = Field(default_factory=PredictConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
-    ray: RaySection = Field(default_factory=RaySection)
-    """Batch prediction: Ray Data actors (``use_ray: true``) or this process; the training
+    ray: RaySection = Field(default_factory=lambda: RaySection(use_ray="auto"))
+    """Batch prediction: Ray Data actors (``use_ray: true``), this process (``false``) or by
+    the number of users to score (``auto``, the default: ``ray.auto_max_rows``); the training
     step has its own ``train.ray``."""
     sanity: SanityConfig = Field(default_factory=SanityConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
@@ -159,14 +164,27 @@ class DailyJobConfig(StrictModel):
     def _train(cls, v: Any) -> Any:
         return _daily_train(v)
 
+    @property
+    def sources(self) -> list[SourceConfig]:
+        """``source`` as a list (one source or several)."""
+        return list(self.source) if isinstance(self.source, (list, tuple)) else [self.source]
+
+    @property
+    def item_metadata_source(self) -> SourceConfig | None:
+        """The first source naming ``item_metadata`` (None: no item metadata)."""
+        return next((s for s in self.sources if s.item_metadata is not None), None)
+
     @model_validator(mode="after")
     def _metadata(self) -> DailyJobConfig:
-        if self.source.user_metadata is not None:
-            raise ValueError(
-                "source.user_metadata is not used by the daily job (the daily model has no "
-                "user features and serving has no user filters): remove it")
-        if self.source.item_metadata is not None and self.source.paths is not None:
-            raise ValueError("source.item_metadata needs source.path (one event file)")
+        for i, src in enumerate(self.sources):
+            key = "source" if not isinstance(self.source, (list, tuple)) else f"source[{i}]"
+            if src.user_metadata is not None:
+                raise ValueError(
+                    f"{key}.user_metadata is not used by the daily job (the daily model has no "
+                    "user features and serving has no user filters): remove it")
+            if src.path is None:
+                raise ValueError(f"{key}.path is required for the daily job (an event file; "
+                                 "source.paths is the preprocess job's predefined splits)")
         k = self.publish.k
         if k is not None and k not in self.train.eval.ks:
             raise ValueError(f"publish.k={k} must be one of train.eval.ks {list(self.train.eval.ks)}")

@@ -45,6 +45,7 @@ from rayrec.platform.preprocessing.validate import (
     validate_frame,
 )
 from rayrec.platform.schema import PROCESSED, SCHEMA_VERSION
+from rayrec.platform.sections import resolve_use_ray
 
 TYPED_COLUMNS = ["user_id", "session_id", "item_id", "event", "ts", "value", "source_file", "source_row"]
 QUARANTINE_COLUMNS = [
@@ -231,6 +232,15 @@ def load_previous_index(spec: str) -> pd.DataFrame:
         item_id=lambda d: d["item_id"].astype(str))
 
 
+def decide_ray(cfg: PreprocessJobConfig, log: Log = print) -> PreprocessJobConfig:
+    """``ray.use_ray: auto`` resolved by the size of the input files (``ray.auto_max_mb``)."""
+    if cfg.ray.use_ray != "auto":
+        return cfg
+    mb = sum(Path(path).stat().st_size for _s, path, _src, _w in _inputs(cfg) if Path(path).is_file()) / 2**20
+    use = resolve_use_ray("auto", cfg.ray.address, mb, cfg.ray.auto_max_mb, "MB of input", log)
+    return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"use_ray": use})})
+
+
 def preflight(cfg: PreprocessJobConfig) -> pd.DataFrame | None:
     """What can be checked without reading the data, before Ray starts: every input file
     exists, generic sources' column maps fit their files' columns, ``output.item_index_from``
@@ -249,6 +259,7 @@ def run_preprocess(cfg: PreprocessJobConfig, log: Log = print) -> dict[str, Any]
     t0 = time.perf_counter()
     counts: dict[str, Any] = {}
     previous_index = preflight(cfg)  # read before output.path may be replaced
+    cfg = decide_ray(cfg, log)
 
     # ---- read ----------------------------------------------------------------
     inputs = _inputs(cfg)

@@ -296,21 +296,14 @@ def check_generic(path: Path, column_map: Mapping[str, str], sep: str = ",", whe
     """Check a generic source's ``column_map`` against the canonical names and the file's
     columns without reading the data (the job calls it before Ray starts); returns the
     file's columns.  Errors list the allowed canonical names and the file's columns."""
-    allowed = ", ".join(CANONICAL_RAW)
-    unknown = sorted(set(column_map) - set(CANONICAL_RAW))
-    if unknown:
-        raise ReaderError(
-            f"{where}.column_map: unknown canonical column(s) {unknown}; allowed canonical names "
-            f"(the keys): {allowed}")
-    missing_keys = [c for c in ("item_id", "ts") if c not in column_map]
-    if "user_id" not in column_map and "session_id" not in column_map:
-        missing_keys.append("user_id or session_id")
+    from rayrec.platform.preprocessing.config import check_column_map
+
     cols = file_columns(path, sep)
-    if missing_keys:
-        raise ReaderError(
-            f"{where}.column_map: missing {', '.join(missing_keys)}; required: item_id, ts and "
-            f"user_id or session_id (allowed canonical names: {allowed}); the file {path} has "
-            f"columns {cols}")
+    try:
+        check_column_map(dict(column_map), f"{where}.column_map")
+    except ValueError as exc:
+        raise ReaderError(f"{exc}; the file {path} has columns {cols}") from None
+    allowed = ", ".join(CANONICAL_RAW)
     absent = {canon: src for canon, src in column_map.items() if src not in cols}
     if absent:
         hint = "" if len(cols) > 1 or path.suffix == ".parquet" else f" (is the separator {sep!r} right? see source.sep)"

@@ -26,6 +26,7 @@ from rayrec.models.session_parallel import (
     group_by_user,
     item_counts,
     n_training_pairs,
+    ts_seconds,
 )
 from rayrec.platform import data as pdata
 
@@ -258,13 +259,7 @@ def user_sequences(root: str, splits: Sequence[str]) -> tuple[SessionArrays, lis
     if df["user_id"].isna().any():
         raise TrainingInputError(f"splits {list(splits)}: {int(df['user_id'].isna().sum())} event(s) without "
                                  "user_id (per-user sequences need one)")
-    ts = df["ts"]
-    if pd.api.types.is_datetime64_any_dtype(ts):
-        if getattr(ts.dt, "tz", None) is not None:
-            ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-        t = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9
-    else:
-        t = ts.to_numpy(dtype=np.float64)
+    t = ts_seconds(df["ts"])
     item = df["item_idx"].to_numpy(np.int64)
     uid = df["user_id"].astype(str).to_numpy()
     order = np.lexsort((item, t, uid))  # by user, then time, then item

@@ -251,6 +251,9 @@ def _fit_ray(job: TrainJobConfig, data: TrainData, log) -> FitResult:
     sc = job.scaling
     if not sc.use_gpu:  # DeepSpeed on CPU; workers inherit the driver's environment
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # Ray Train's print patch sends a worker's print to its logger AND (stdout being Ray's
+    # wrapper, not the terminal) to the original print: every epoch line came out twice
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     loop_config: dict[str, Any] = {"job": job.model_dump(mode="json"), "model_modules": registry.plugin_modules()}
     datasets = None
     if spec.parallelism == "data":

@@ -22,7 +22,7 @@ def test_rsc15_published_counts_through_ray(ray_session, tmp_path):
     import os
 
     os.chdir(REPO)  # the shipped config uses paths relative to the repo root
-    cfg = _cfg(f"output.path={tmp_path / 'rsc'}", config=REPO / "jobs/configs/preprocess_rsc15.yaml")
+    cfg = _cfg(f"output.path={tmp_path / 'rsc'}", "ray.use_ray=true", config=REPO / "jobs/configs/preprocess_rsc15.yaml")
     m = run_preprocess(cfg, log=lambda _m: None)
     s = m["split"]["splits"]
     # published: train_full 70,278 events / 17,794 sessions / 2,933 items; one line of

@@ -63,3 +63,25 @@ def test_local_jobs_run_next_to_a_ray_start_head(tmp_path):
         current = Path("/tmp/ray/ray_current_cluster")  # the killed head's address, left behind
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
+
+
+def test_ray_train_prints_each_epoch_line_once_without_control_codes(tmp_path):
+    """Finding 9: under Ray Train every epoch line came out twice (Ray Train's print patch
+    logs a worker's print and tees it to stdout), the placement-group cleaner filled the log
+    with state-API warnings (no dashboard, no state API), and colour codes reached files."""
+    from tests.fixtures import synthetic_sessions
+
+    data = synthetic_sessions(tmp_path / "d", n_events=3000, n_items=80)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PRINT_PATCH")}
+    p = subprocess.run(
+        [sys.executable, "-m", "rayrec.jobs.train", "-c", str(REPO / "jobs/configs/gru4rec_rsc15.yaml"),
+         f"data.path={data}", "data.train_split=train_full", "data.valid_split=test", "train.epochs=2",
+         "train.max_steps_per_epoch=20", "model.loss.n_sample=16", "model.layers=[8]",
+         "scaling.cpus_per_worker=1", f"run.storage_path={tmp_path / 'runs'}", "run.name=logs"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    for e in (1, 2):
+        assert len([ln for ln in out.splitlines() if f"epoch {e}/2 loss" in ln]) == 1, out[-3000:]
+    assert "\x1b[" not in out
+    assert "Failed to query Ray Train Controller actor state" not in out

@@ -273,3 +273,16 @@ def test_clip_norm_scales_the_global_gradient():
     assert OptimConfig().clip_norm is None  # other models' training is unchanged
     with pytest.raises(ValidationError, match="clip_norm"):
         OptimConfig(clip_norm=0)
+
+
+def test_evaluate_cli_runs_the_sampled_protocol(tmp_path):
+    """As a process (``python -m``), ``protocol: sampled_candidates`` reaches the data (a
+    missing path is a clean one-line error, not a traceback)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rayrec.jobs.evaluate", "protocol=sampled_candidates",
+                          f"data.path={tmp_path / 'missing'}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "rayrec.jobs.evaluate: error:" in out.stderr and "manifest.json" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -94,7 +94,7 @@ def test_column_map_errors_list_names_and_file_columns_before_ray(tmp_path, caps
     err = capsys.readouterr().err
     assert exc.value.code == 2 and not ray.is_initialized()
     assert "source.column_map: missing item_id, ts, user_id or session_id" in err
-    assert "allowed: user_id, session_id, item_id, ts, event, value" in err
+    assert "allowed canonical names: user_id, session_id, item_id, ts, event, value" in err
     with pytest.raises(ConfigError, match=r"unknown canonical column\(s\) \['uid'\]"):
         load_config(PreprocessJobConfig, None, [*base, "source.column_map={uid: user, item_id: item, ts: timestamp}"])
     with pytest.raises(ReaderError, match="allowed canonical names"):
@@ -332,3 +332,31 @@ def test_init_from_is_generic_over_the_model_contract():
         assert torch.equal(st[key][[1, 4]], fresh.state_dict()[key][[1, 4]])
     assert (rep.known_items, rep.new_items) == (5, 2) and rep.copied_tensors
     fresh.load_state_dict(st)  # loads strictly
+
+
+def test_daily_job_reads_several_sources_once(tmp_path):
+    """The daily job merges its history with later event logs (finding 2): an event in both is
+    counted once; one source or two overlapping halves give the same purchases."""
+    from rayrec.jobs.daily import _read_events
+    from rayrec.platform.daily.config import DailyJobConfig
+
+    df = make_csv(tmp_path / "all.csv", n_users=30)
+    df.iloc[: int(len(df) * 0.7)].to_csv(tmp_path / "history.csv", index=False)
+    df.iloc[int(len(df) * 0.4):].to_csv(tmp_path / "later.csv", index=False)
+    cmap = {"user_id": "user", "item_id": "item", "ts": "timestamp", "value": "rating"}
+
+    def cfg(*paths):
+        srcs = [{"format": "csv", "path": str(tmp_path / p), "column_map": cmap} for p in paths]
+        return DailyJobConfig.model_validate({"source": srcs[0] if len(srcs) == 1 else srcs,
+                                              "ray": {"use_ray": False}})
+
+    one, _ = _read_events(cfg("all.csv"))
+    two, _ = _read_events(cfg("history.csv", "later.csv"))
+    key = ["user_id", "item_id", "ts_ms"]
+    assert len(two) == len(one.drop_duplicates(key))
+    pd.testing.assert_frame_equal(two.sort_values(key).reset_index(drop=True),
+                                  one.drop_duplicates(key).sort_values(key).reset_index(drop=True))
+    with pytest.raises(ValueError, match=r"source\[1\].path is required"):
+        DailyJobConfig.model_validate({"source": [{"format": "csv", "path": str(tmp_path / "all.csv"),
+                                                   "column_map": cmap},
+                                                  {"format": "csv", "paths": {"train": "x"}, "column_map": cmap}]})
