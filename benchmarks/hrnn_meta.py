@@ -7,8 +7,10 @@ Rows (every run in this process, ``ray.use_ray=false``, test @20 after the last 
 * ``gru4rec``: ``jobs/configs/gru4rec_rsc15.yaml`` (the reference setting);
 * ``off``: ``hrnn_meta`` with every extra off: inputs ``[item_id]``, ``decoder: id``,
   ``memory: session``, GRU4Rec's loss keys (cross-entropy + logQ, 2,048 popularity^0.5
-  samples, cdf sampler), dropout 0.4, lr 0.2; it should match GRU4Rec (R@20 >= 0.668,
-  MRR@20 >= 0.345 at 10 epochs);
+  samples, cdf sampler), dropout 0.4, lr 0.2; issue 16 expects it to match GRU4Rec (R@20 >=
+  0.668, MRR@20 >= 0.345 at 10 epochs).  It is not the same network: HRNN-meta has its own
+  input embedding and a ``tanh`` input layer, GRU4Rec's reference setting ties the input
+  embedding to the output weights (``constrained_embedding``);
 * ``time``: ``off`` plus the time input (``inputs: [item_id, time]``).
 
 Prints a Markdown table (command, date, machine, seeds) with R@20, MRR@20 and the last epoch's

@@ -761,6 +761,10 @@ class HRNNTask:
         if cfg.item_features and a.item_features is None:
             raise ValueError(f"model.item_features={list(cfg.item_features)}: the training data carries no "
                              "item metadata (item_meta.parquet)")
+        unknown = sorted(set(cfg.loss.rewards) - set(a.event_names))
+        if unknown:  # a typo would silently train every event at reward 1
+            raise ValueError(f"model.loss.rewards: event type(s) {unknown} are not in the training data; "
+                             f"its event types: {[n for n in a.event_names if n]}")
         model = HRNNMeta(cfg, env.n_items)
         model.set_data(a.item_features, len(a.event_names), np.asarray(env.train_counts) == 0, stats,
                        a.event_names)

@@ -67,7 +67,8 @@ MODELS: dict[str, ModelSpec] = {}
 PLUGIN_MODULES: dict[str, None] = {}
 
 BUILTIN_MODULES = ("rayrec.models.baselines", "rayrec.models.gru4rec", "rayrec.models.hrnn",
-                   "rayrec.models.daily_nn", "rayrec.models.item2vec", "rayrec.models.attention_cf")
+                   "rayrec.models.daily_nn", "rayrec.models.item2vec", "rayrec.models.attention_cf",
+                   "rayrec.models.drnn")
 
 
 def register(spec: ModelSpec) -> ModelSpec:

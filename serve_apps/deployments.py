@@ -79,6 +79,7 @@ from rayrec.serve_apps.scoring import (
     Popularity,
     SessionModel,
     read_item_metadata,
+    resolve_model_name,
     resolve_model_path,
 )
 
@@ -527,6 +528,7 @@ def _row_key(e: EventIn, request_digest: str, index: int) -> str:
 class Ingress:
     def __init__(self, session_rec, daily_rec, args: RecommenderArgs) -> None:
         self.args = args
+        self._memory_of: dict[str, bool] = {}  # checkpoint name -> model.memory == "user"
         self.session_rec = session_rec
         self.daily_rec = daily_rec
         s, ev = args.session, args.events
@@ -588,16 +590,36 @@ class Ingress:
         return ScoreRequest(list(items), k, exclude, list(o.include_categories),
                             list(o.exclude_categories), strict)
 
-    def _with_context(self, req: ScoreRequest, st: SessionState, now: float) -> ScoreRequest:
+    def _with_context(self, req: ScoreRequest, st: SessionState, now: float,
+                      model: str | None = None) -> ScoreRequest:
         """The stored events with their times, types and values (and, for a session with a
-        user, the user's events across sessions) plus the request time: what models with
-        per-event context replay (the others read ``items`` only)."""
+        user and a model with a user memory, the user's events across sessions) plus the
+        request time: what models with per-event context replay (the others read ``items``
+        only)."""
         def rows(evs):
             return [(e.item_id, int(e.ts), e.event, e.value) for e in evs]
 
-        user = rows(self._store_read(self.store.user_events, st.user_id)) if st.user_id else None
+        user = None
+        if st.user_id and self._user_memory(model):  # one more store read, only when replayed
+            user = rows(self._store_read(self.store.user_events, st.user_id))
         return dataclasses.replace(req, events=rows(st.events), user_events=user,
                                    now_ms=int(now * 1000))
+
+    def _user_memory(self, model: str | None) -> bool:
+        """Whether the checkpoint serving ``model`` (None: the rollout's default) replays a
+        user's events across sessions (``model.memory: user``), read once per checkpoint from
+        its ``config.json`` (JSON, never unpickled); unreadable -> False (the session
+        deployment answers for a bad model)."""
+        s = self.args.session
+        name = model or s.model  # the default's memory mode is read once (a rollout that
+        if name not in self._memory_of:  # switches memory modes needs a new ingress)
+            try:
+                path = resolve_model_path(s.model_dir, resolve_model_name(s.model_dir, name))
+                cfg = json.loads((path / "config.json").read_text())
+                self._memory_of[name] = (cfg.get("model") or {}).get("memory") == "user"
+            except (OSError, ValueError, AttributeError):
+                return False
+        return self._memory_of[name]
 
     async def _call(self, method, *args):
         """A handle call with a deadline, retried once: a replica that died under the call
@@ -751,7 +773,7 @@ class Ingress:
         if st is not None:  # the stored session's version: its encoding is cached under it
             req = dataclasses.replace(
                 req, cache_key=f"{session_id}:{len(items)}:{st.updated_at!r}:{st.last_ts}")
-            req = self._with_context(req, st, now)
+            req = self._with_context(req, st, now, o.model)
         res = await self._session_call(req, o.model)
         since = None if st is None or st.last_ts is None else \
             max(0.0, now - st.last_ts / 1000.0)

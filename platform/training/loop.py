@@ -40,7 +40,12 @@ from rayrec.models.contract import TaskEnv
 from rayrec.platform.checkpoint import load_checkpoint, save_checkpoint
 from rayrec.platform.training.config import TrainJobConfig
 from rayrec.platform.training.families import TrainData, TrainingInputError, family_of
-from rayrec.platform.training.optim import apply_hyperparameters, build_optimizer, clip_grad_norm
+from rayrec.platform.training.optim import (
+    apply_hyperparameters,
+    apply_lr_schedule,
+    build_optimizer,
+    clip_grad_norm,
+)
 from rayrec.platform.training.sparse_rows import ddp_ignore, sync_item_grads
 from rayrec.platform.training.tensor_parallel import shard_parameter_bytes
 
@@ -310,6 +315,7 @@ def train_worker(job: TrainJobConfig, ctx: WorkerContext) -> dict[str, Any]:
         # dropout / input noise drawn per (seed, epoch): a resumed epoch draws what the
         # uninterrupted run drew; tensor parallel: the same on every rank
         torch.manual_seed(seed * 7919 + epoch)
+        apply_lr_schedule(optimizer, job.optim, epoch)  # optim.lr_step_epochs (no-op when unset)
         t0 = time.perf_counter()
         module.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)

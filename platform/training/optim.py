@@ -46,8 +46,8 @@ from pydantic import Field, field_validator
 from rayrec.ops_kernels import sparse_grad_rows
 from rayrec.platform.config import StrictModel
 
-__all__ = ["AdagradMomentum", "LazyAdam", "LazySGD", "OptimConfig", "apply_hyperparameters", "build_optimizer",
-           "clip_grad_norm", "param_groups"]
+__all__ = ["AdagradMomentum", "LazyAdam", "LazySGD", "OptimConfig", "apply_hyperparameters", "apply_lr_schedule",
+           "build_optimizer", "clip_grad_norm", "param_groups"]
 
 
 class OptimConfig(StrictModel):
@@ -69,6 +69,11 @@ class OptimConfig(StrictModel):
     clip_norm: float | None = Field(None, gt=0)
     """Scale the step's gradient to this global L2 norm when it exceeds it (Pascanu et al.
     2013; seed 002 section 4.3 uses 10); None: no clipping."""
+    lr_step_epochs: int | None = Field(None, ge=1)
+    """Step decay: the learning rate is ``lr * lr_step_gamma ** (epoch // lr_step_epochs)``
+    (epochs counted from 0; seed 004 divides by 5 every 100 epochs); None: a constant lr."""
+    lr_step_gamma: float = Field(1.0, gt=0, le=1)
+    """The factor of each step of ``lr_step_epochs`` (0.2: divide by 5)."""
 
     @field_validator("lr_multipliers")
     @classmethod
@@ -299,6 +304,17 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig) ->
         group["lr"] = cfg.lr * cfg.lr_multipliers.get(group.get("name"), 1.0)
         if cfg.name in ("adagrad_momentum", "sgd") and "momentum" in group:
             group["momentum"] = cfg.momentum
+
+
+def apply_lr_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epoch: int) -> float:
+    """Set every group's lr for ``epoch`` (0-based) under ``cfg.lr_step_epochs`` (group
+    multipliers kept); returns the factor applied (1.0 without a schedule: nothing changes)."""
+    if cfg.lr_step_epochs is None:
+        return 1.0
+    factor = cfg.lr_step_gamma ** (epoch // cfg.lr_step_epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * cfg.lr_multipliers.get(group.get("name"), 1.0) * factor
+    return factor
 
 
 def build_optimizer(params: Iterable[Any], cfg: OptimConfig, known: Iterable[str] = ()) -> torch.optim.Optimizer:

@@ -5,8 +5,8 @@ at the paths the page uses (``data/my_events.csv``, then ``data/my_events_day2.c
 events plus new days with new items).  So the page and the jobs cannot drift: preprocess ->
 train -> evaluate -> next day's preprocess with a stable item index -> warm-started training.
 
-Serving the model is covered by ``test_readme_order.py`` / ``test_serve_app.py``; this page
-stops at the evaluated checkpoint.
+The page's serving block (``serve run``, wait for ``/ready``, post events, ask, ``kill``) runs
+as written by bash in the slow tier (``test_your_data_page_serving_verbatim``).
 """
 
 from __future__ import annotations
@@ -104,3 +104,40 @@ def test_your_data_page_verbatim(tmp_path):
     ck = sorted((work / "runs" / "my-gru4rec-day2").glob("checkpoint_*"))[-1]
     meta = json.loads((ck / "meta.json").read_text())
     assert meta["epoch"] == 2 and meta["init_from"] == str(work / "runs" / "my-gru4rec")
+
+
+@pytest.mark.slow
+def test_your_data_page_serving_verbatim(tmp_path):
+    """The page's ``sh`` block (serve run, wait for /ready, post events, ask, kill) run as
+    written by bash, on the model the page's first two commands train."""
+    text = DOC.read_text(encoding="utf-8")
+    cmds = doc_commands(text)[:2]  # preprocess, train
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1 and "serve run serve_apps/configs/recommender_my_data.yaml" in blocks[0]
+    work = tmp_path / "repo"
+    (work / "data").mkdir(parents=True)
+    for d in ("jobs", "serve_apps"):
+        (work / d).symlink_to(REPO / d)
+    day0 = 1_600_000_000 - 1_600_000_000 % DAY
+    _events(0, 300, 120, day0, 20).to_csv(work / "data" / "my_events.csv", index=False)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    for suffix in ("", "-wal", "-shm"):  # the page's session store: a fresh session s1
+        Path(f"/tmp/rayrec/my_data_sessions.db{suffix}").unlink(missing_ok=True)
+    for cmd in cmds:
+        r = subprocess.run([sys.executable, *shlex.split(cmd)[1:]], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, f"{cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    r = subprocess.run(["bash", "-c", blocks[0]], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=900, start_new_session=True)
+    log = (work / "serve.log").read_text() if (work / "serve.log").is_file() else ""
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n{log[-3000:]}"
+    answers, dec, pos = [], json.JSONDecoder(), 0  # curl prints the bodies back to back
+    while (start := r.stdout.find("{", pos)) >= 0:
+        obj, pos = dec.raw_decode(r.stdout, start)
+        answers.append(obj)
+    assert len(answers) == 2, r.stdout
+    posted, recs = answers
+    assert posted["accepted"] == 2 and posted["rejected"] == 0, posted
+    assert len(recs["items"]) == 5 and recs["source"] == "session", recs

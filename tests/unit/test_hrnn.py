@@ -287,6 +287,22 @@ def test_train_job_with_metadata_then_next_item_evaluation(tmp_path, capsys):
     assert 1.0 < meta["metrics"]["ppl"] < n_items  # reported with every validation, below uniform
 
 
+def test_reward_keys_that_name_no_event_type_of_the_data_are_an_error(tmp_path):
+    """A typo in ``loss.rewards`` used to train every event at reward 1 without a word."""
+    from rayrec.platform.config import load_config
+    from rayrec.platform.training.config import TrainJobConfig
+    from rayrec.platform.training.trainer import fit
+
+    root = _fixture(tmp_path)
+    job = load_config(TrainJobConfig, None, [
+        "model.name=hrnn_meta", f"data.path={root}", "data.valid_split=null", "ray.use_ray=false",
+        "train.epochs=1", "train.max_steps_per_epoch=2", "model.loss.rewards={purchse: 0.5}",
+        f"run.storage_path={tmp_path / 'runs'}", "run.name=typo"])
+    with pytest.raises(ValueError, match=r"model.loss.rewards: event type\(s\) \['purchse'\] are not in "
+                                         r"the training data; its event types: \["):
+        fit(job, log=lambda _m: None)
+
+
 def test_preprocess_writes_item_meta_and_quarantines_duplicates(tmp_path):
     from rayrec.platform.config import load_config
     from rayrec.platform.preprocessing.config import PreprocessJobConfig
