@@ -74,10 +74,12 @@ def test_sessions_by_gap_when_only_user_is_mapped(tmp_path):
     assert train["session_id"].nunique() > train["user_id"].nunique()
 
 
-def test_column_map_errors_list_names_and_file_columns_before_ray(tmp_path, capsys):
-    import ray
-
+def test_column_map_errors_list_names_and_file_columns_before_ray(tmp_path, capsys, monkeypatch):
     from rayrec.jobs import preprocess
+    from rayrec.platform import runtime
+
+    started: list[bool] = []  # the job's Ray start-up (a Ray of another test may already be up)
+    monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: started.append(True))
 
     csv = tmp_path / "r.csv"
     make_csv(csv)
@@ -85,14 +87,14 @@ def test_column_map_errors_list_names_and_file_columns_before_ray(tmp_path, caps
     # a map naming a column the file lacks: exit 1 before Ray starts, file's columns listed
     rc = preprocess.main([*base, "source.column_map={user_id: user, item_id: item_id, ts: timestamp}"])
     err = capsys.readouterr().err
-    assert rc == 1 and not ray.is_initialized()
+    assert rc == 1 and not started
     assert "'item_id' (for item_id)" in err and "['user', 'item', 'rating', 'timestamp']" in err
     assert "user_id, session_id, item_id, ts, event, value" in err
     # no map at all: a config error (exit 2) naming the required and allowed canonical names
     with pytest.raises(SystemExit) as exc:
         preprocess.main(base)
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and not ray.is_initialized()
+    assert exc.value.code == 2 and not started
     assert "source.column_map: missing item_id, ts, user_id or session_id" in err
     assert "allowed canonical names: user_id, session_id, item_id, ts, event, value" in err
     with pytest.raises(ConfigError, match=r"unknown canonical column\(s\) \['uid'\]"):
