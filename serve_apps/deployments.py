@@ -528,7 +528,7 @@ def _row_key(e: EventIn, request_digest: str, index: int) -> str:
 class Ingress:
     def __init__(self, session_rec, daily_rec, args: RecommenderArgs) -> None:
         self.args = args
-        self._memory_of: dict[str, bool] = {}  # checkpoint name -> model.memory == "user"
+        self._scope_of: dict[str, str | None] = {}  # checkpoint name -> its context scope
         self.session_rec = session_rec
         self.daily_rec = daily_rec
         s, ev = args.session, args.events
@@ -592,34 +592,45 @@ class Ingress:
 
     def _with_context(self, req: ScoreRequest, st: SessionState, now: float,
                       model: str | None = None) -> ScoreRequest:
-        """The stored events with their times, types and values (and, for a session with a
-        user and a model with a user memory, the user's events across sessions) plus the
-        request time: what models with per-event context replay (the others read ``items``
-        only)."""
+        """For a model that replays per-event context (its scorer has ``encode_events``): the
+        stored events with their times, types and values (and, for a session with a user and
+        a model with a user memory, the user's events across sessions) plus the request time.
+        Models that read ``items`` only get the request as it is (nothing extra to read or
+        send)."""
+        scope = self._context_scope(model)
+        if scope is None:
+            return req
+
         def rows(evs):
             return [(e.item_id, int(e.ts), e.event, e.value) for e in evs]
 
         user = None
-        if st.user_id and self._user_memory(model):  # one more store read, only when replayed
+        if st.user_id and scope == "user":  # one more store read, only when replayed
             user = rows(self._store_read(self.store.user_events, st.user_id))
         return dataclasses.replace(req, events=rows(st.events), user_events=user,
                                    now_ms=int(now * 1000))
 
-    def _user_memory(self, model: str | None) -> bool:
-        """Whether the checkpoint serving ``model`` (None: the rollout's default) replays a
-        user's events across sessions (``model.memory: user``), read once per checkpoint from
-        its ``config.json`` (JSON, never unpickled); unreadable -> False (the session
-        deployment answers for a bad model)."""
+    def _context_scope(self, model: str | None) -> str | None:
+        """What the checkpoint serving ``model`` (None: the rollout's default) replays: None
+        (items only: its registered scorer has no ``encode_events``), ``session`` or ``user``
+        (``model.memory: user``); read once per checkpoint from its ``config.json`` (JSON,
+        never unpickled).  Unreadable: ``session`` (the session deployment answers for a bad
+        model).  The default's scope is read once: a rollout that changes it needs a new
+        ingress."""
+        from rayrec.models import registry
+
         s = self.args.session
-        name = model or s.model  # the default's memory mode is read once (a rollout that
-        if name not in self._memory_of:  # switches memory modes needs a new ingress)
+        name = model or s.model
+        if name not in self._scope_of:
             try:
                 path = resolve_model_path(s.model_dir, resolve_model_name(s.model_dir, name))
-                cfg = json.loads((path / "config.json").read_text())
-                self._memory_of[name] = (cfg.get("model") or {}).get("memory") == "user"
-            except (OSError, ValueError, AttributeError):
-                return False
-        return self._memory_of[name]
+                mcfg = json.loads((path / "config.json").read_text()).get("model") or {}
+                scorer = registry.get(str(mcfg.get("name"))).scorer
+            except (OSError, ValueError, AttributeError, KeyError):
+                return "session"
+            self._scope_of[name] = (None if not hasattr(scorer, "encode_events") else
+                                    "user" if mcfg.get("memory") == "user" else "session")
+        return self._scope_of[name]
 
     async def _call(self, method, *args):
         """A handle call with a deadline, retried once: a replica that died under the call

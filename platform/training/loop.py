@@ -175,7 +175,7 @@ def _warm_start(job: TrainJobConfig, task: Any, env: TaskEnv, module: nn.Module,
     Returns ``(checkpoint, item params -> (item dim, new rows, old rows))`` for the optimiser."""
     from rayrec.platform.training import warm_start as ws
 
-    ck = ws.load_init_checkpoint(ws.init_from_path(job), job.model.name)
+    ck = ws.load_init_checkpoint(job.train.init_from, job.model.name)  # absolute: trainer.resolve_paths
     live = task.full_state(env, module)
     fresh = {k: v.detach().clone().cpu() for k, v in live.items()}
     dims = ws.item_state_dims(task, module)

@@ -132,17 +132,16 @@ def check_inputs(job: TrainJobConfig) -> TrainData:
                 f"{exc}; {hint}; or use another run.name / delete {run_dir(job)} to start fresh"
             ) from None
     elif job.train.init_from:
-        from rayrec.platform.training.warm_start import WarmStartError, load_init_checkpoint
+        from rayrec.platform.training.warm_start import WarmStartError, init_checkpoint_items
 
         try:
-            ck = load_init_checkpoint(job.train.init_from, job.model.name)
+            ck_items = init_checkpoint_items(job.train.init_from, job.model.name)
         except WarmStartError as exc:
             raise TrainingInputError(str(exc)) from None
-        known = len(set(map(str, ck.item_ids)) & set(map(str, data.item_ids)))
-        if known == 0:
+        if not set(ck_items) & set(map(str, data.item_ids)):
             raise TrainingInputError(
                 f"train.init_from: none of the data's {len(data.item_ids)} items is in the checkpoint's "
-                f"{len(ck.item_ids)} items (another dataset?)")
+                f"{len(ck_items)} items (another dataset?)")
     if spec.parallelism == "tensor" and job.ray.use_ray and len(data.item_ids) < job.scaling.num_workers:
         raise TrainingInputError(
             f"catalog of {len(data.item_ids)} items is smaller than scaling.num_workers={job.scaling.num_workers}")

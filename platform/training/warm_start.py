@@ -13,7 +13,7 @@ error naming it.  The optimiser state is carried over the same way
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from rayrec.platform.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from rayrec.platform.checkpoint import (
+    CONFIG_FILE,
+    ITEMS_FILE,
+    CheckpointError,
+    LoadedCheckpoint,
+    load_checkpoint,
+)
 
-__all__ = ["WarmStartError", "WarmStartReport", "item_state_dims", "load_init_checkpoint",
+__all__ = ["WarmStartError", "WarmStartReport", "init_checkpoint_items", "item_state_dims", "load_init_checkpoint",
            "resolve_init_from", "warm_start_optimizer", "warm_start_state"]
 
 
@@ -60,16 +66,33 @@ def resolve_init_from(path: str) -> str:
                          "nor a run directory with a complete checkpoint")
 
 
+def _check_model(path: str, config: Any, model_name: str) -> None:
+    mcfg = config.get("model") if isinstance(config, dict) else None
+    name = mcfg.get("name") if isinstance(mcfg, dict) else None
+    if name != model_name:
+        raise WarmStartError(f"train.init_from: {path} holds model {name!r}, this run trains {model_name!r}")
+
+
+def init_checkpoint_items(path: str, model_name: str) -> list[str]:
+    """The item index of ``train.init_from`` after checking it holds ``model_name``, from its
+    JSON files only (the driver's pre-flight check; the workers load the weights)."""
+    directory = Path(resolve_init_from(path))
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        items = json.loads((directory / ITEMS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WarmStartError(f"train.init_from: checkpoint {directory} is unreadable: {exc}") from None
+    _check_model(path, config, model_name)
+    return [str(i) for i in items]
+
+
 def load_init_checkpoint(path: str, model_name: str) -> LoadedCheckpoint:
     """Load ``train.init_from`` (``weights_only=True``) and check it holds ``model_name``."""
     try:
         ck = load_checkpoint(resolve_init_from(path))
     except CheckpointError as exc:
         raise WarmStartError(f"train.init_from: {exc}") from None
-    mcfg = ck.config.get("model") if isinstance(ck.config, dict) else None
-    name = mcfg.get("name") if isinstance(mcfg, dict) else None
-    if name != model_name:
-        raise WarmStartError(f"train.init_from: {path} holds model {name!r}, this run trains {model_name!r}")
+    _check_model(path, ck.config, model_name)
     return ck
 
 
@@ -200,11 +223,3 @@ def warm_start_optimizer(
         optimizer.state[p] = new_st
         carried += 1
     return carried
-
-
-def init_from_path(job: Any) -> str | None:
-    """``train.init_from`` made absolute (Ray workers run in other directories)."""
-    p = job.train.init_from
-    if p is None or "://" in p or os.path.isabs(p):
-        return p
-    return os.path.abspath(p)
