@@ -194,6 +194,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         sync_item_grads([w, b], world)
         opt.step()
     torch.save({"w": w.detach(), "b": b.detach()}, f"{out}/rank{rank}.pt")
+    dist.barrier()  # a rank tearing gloo down while the other still talks aborts (SIGABRT)
     dist.destroy_process_group()
 
 
